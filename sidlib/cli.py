@@ -1,0 +1,152 @@
+"""Command line: ``python -m sidlib train ...`` and ``python -m sidlib bench ...``.
+
+Bad input ends with one line on stderr naming the problem and the fix, exit code 2, and
+nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import bench
+from .config import DEVICES, PRECISIONS, SCHEDULES, ConfigError, TrainConfig
+from .data import DATASETS, DataUnavailable
+from .divergences import KL_DIRECTIONS
+from .io import check_writable, write_json
+from .methods import METHODS
+from .methods.sid import EXTRACTOR_STRATEGIES
+from .models import MODELS
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of argparse's usage block
+        raise UsageError(f"{message} (see `python -m {self.prog} --help`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sidlib", description="SID, SLL and baselines: training and benchmarks.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    d = TrainConfig()
+
+    train = commands.add_parser("train", help="train one model with one method")
+    train.add_argument("--method", choices=list(METHODS), default=d.method)
+    train.add_argument("--model", choices=list(MODELS), default=d.model)
+    train.add_argument("--dataset", choices=list(DATASETS), default=d.dataset)
+    train.add_argument("--depth", type=int, default=d.depth, help="number of refinement modules L")
+    train.add_argument("--epochs", type=int, default=d.epochs)
+    train.add_argument("--batch-size", type=int, default=d.batch_size)
+    train.add_argument("--lr", type=float, default=d.lr)
+    train.add_argument("--alpha", type=float, default=d.alpha, help="SID's target weight, in (0, 1)")
+    train.add_argument("--kl", choices=KL_DIRECTIONS, default=d.kl,
+                       help="forward: KL(target||q) as the authors' code; reverse: KL(q||target) as the paper")
+    train.add_argument("--extractor", choices=EXTRACTOR_STRATEGIES, default=d.extractor,
+                       help="which SID modules' losses train the shared extractor")
+    train.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    train.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    train.add_argument("--label-noise", type=float, default=d.label_noise,
+                       help="fraction of training labels moved uniformly to another class")
+    train.add_argument("--train-subset", type=int, default=None, help="stratified subset of N training samples")
+    train.add_argument("--data-root", default=None, help="dataset folder (default: $SIDLIB_DATA or data/)")
+    train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--device", choices=DEVICES, default=d.device)
+    train.add_argument("--precision", choices=PRECISIONS, default=d.precision)
+    train.add_argument("--out", type=Path, default=None, help="results JSON, written atomically")
+    train.add_argument("--checkpoint-dir", type=Path, default=None)
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    b = commands.add_parser("bench", help="time per step and peak saved-tensor bytes, SID against BP")
+    b.add_argument("--model", choices=list(MODELS), default=d.model)
+    b.add_argument("--dataset", choices=list(DATASETS), default=d.dataset, help="input shape and classes")
+    b.add_argument("--depths", type=int, nargs="+", default=[2, 10, 32])
+    b.add_argument("--methods", choices=list(METHODS), nargs="+", default=["sid", "bp"])
+    b.add_argument("--batch-size", type=int, default=d.batch_size)
+    b.add_argument("--steps", type=int, default=10, help="timed steps per method and depth (median reported)")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--device", choices=DEVICES, default=d.device)
+    b.add_argument("--precision", choices=PRECISIONS, default=d.precision)
+    b.add_argument("--json", action="store_true", help="print the records as JSON")
+    return parser
+
+
+def _train(args) -> int:
+    from .train import NonFiniteLoss, train
+
+    options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    config = TrainConfig(**options).validate()
+    if args.out is not None and (problem := check_writable(args.out)):
+        raise ConfigError(f"cannot write --out: {problem}; choose a writable path")
+    if args.resume and args.checkpoint_dir is None:
+        raise ConfigError("--resume needs --checkpoint-dir, the folder of the run to continue")
+
+    def report(record):
+        print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
+              f"test acc {record['test_acc']:.2f}%, {record['epoch_seconds']:.1f} s", flush=True)
+
+    try:
+        results = train(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                        progress=not args.no_progress, on_epoch_end=report)
+    except NonFiniteLoss as error:
+        print(f"sidlib: stopped: {error}", file=sys.stderr)
+        return 1
+    results["config"].update(out=None if args.out is None else str(args.out), resume=args.resume,
+                             checkpoint_dir=None if args.checkpoint_dir is None else str(args.checkpoint_dir),
+                             no_progress=args.no_progress)
+    if args.out is not None:
+        write_json(args.out, results)
+    print(f"final test accuracy {results['final_test_acc']:.2f}% "
+          f"({len(results['history'])} epochs, {results['train_seconds']:.1f} s of training)")
+    return 0
+
+
+def _bench(args) -> int:
+    config = TrainConfig(model=args.model, dataset=args.dataset, device=args.device,
+                         precision=args.precision).validate()
+    for name in ("batch_size", "steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if min(args.depths) < 1:
+        raise ConfigError("--depths must all be at least 1")
+    device = config.resolved_device()
+    records = bench.run(args.depths, args.methods, args.batch_size, args.steps, args.warmup, config, device)
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    module_bytes = bench.module_saved_bytes(config, args.batch_size, device)
+    print(f"{config.model} on {config.dataset}-shaped input, batch {args.batch_size}, {device}, "
+          f"{config.precision}; median of {args.steps} steps; one module's saved tensors: "
+          f"{module_bytes / 2**20:.3f} MiB")
+    print(f"{'depth':>5} {'method':>6} {'step ms':>9} {'peak saved MiB':>15} {'time / bp':>9}")
+    by_key = {(r["method"], r["depth"]): r for r in records}
+    for r in records:
+        bp = by_key.get(("bp", r["depth"]))
+        ratio = f"{r['step_seconds'] / bp['step_seconds']:.3f}" if bp else "-"
+        print(f"{r['depth']:>5} {r['method']:>6} {1000 * r['step_seconds']:>9.2f} "
+              f"{r['peak_saved_bytes'] / 2**20:>15.3f} {ratio:>9}")
+    lo, hi = min(args.depths), max(args.depths)
+    if lo != hi:
+        for m in args.methods:
+            growth = by_key[(m, hi)]["peak_saved_bytes"] - by_key[(m, lo)]["peak_saved_bytes"]
+            print(f"{m}: peak saved bytes grow by {growth / module_bytes:.1f} modules' worth "
+                  f"from depth {lo} to {hi}")
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return _train(args) if args.command == "train" else _bench(args)
+    except (UsageError, ConfigError, DataUnavailable) as error:
+        print(f"sidlib: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sidlib: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,79 @@
+"""Synergistic Information Distillation (Ye & Tang 2025): one training step.
+
+Phase 1, teacher pass: with gradients off, run the cascade once and cache every module's
+input belief p_0 .. p_{L-1} (the teachers). Phase 2, local updates: module i sees its cached
+teacher and the shared features, and minimises its own objective
+    J_i = alpha D(p_y, q_i) + (1 - alpha) D(sg(p_{i-1}), q_i)        (``sid_objective``)
+so no gradient crosses from one module to another. The extractor receives the sum of the
+modules' feature gradients (``extractor="all"``), the last module's only (``final_layer``), or
+none (``frozen``). One optimiser step then updates everything.
+
+Memory stays flat in depth: the features are detached once, each module's loss is
+backpropagated as soon as it is computed (freeing that module's graph before the next
+module runs) while the feature gradients accumulate on the detached copy, and a single
+backward through the extractor closes the step. This equals one backward of the summed
+losses to float rounding (tests/test_sid.py checks it).
+
+On one device the paper's recomputation of the features in phase 2 is redundant: the
+parameters do not change between the phases, so the features are computed once, with their
+graph, and the teacher pass reads a detached copy of them.
+"""
+import torch
+
+from ..divergences import sid_objective, smoothed_target_log_beliefs
+
+EXTRACTOR_STRATEGIES = ("all", "final_layer", "frozen")
+
+
+@torch.no_grad()
+def teacher_logits(model, features):
+    """Phase 1: the logits of p_0 .. p_{L-1} (p_0 uniform: zero logits), without gradients."""
+    zeros = features.new_zeros(features.shape[0], model.num_classes)
+    return [zeros] + model.refine(features)[:-1]
+
+
+def extractor_gets_gradient(strategy, module_index, depth):
+    if strategy == "all":
+        return True
+    if strategy == "final_layer":
+        return module_index == depth - 1
+    if strategy == "frozen":
+        return False
+    raise ValueError(f"unknown extractor strategy {strategy!r}; choose from {EXTRACTOR_STRATEGIES}")
+
+
+def local_losses(model, features, teachers, log_target, config, autocast, backward):
+    """Each module's local loss (mean over the batch) from its cached teacher.
+
+    With ``backward=True`` each loss is backpropagated at once (the memory-lean step);
+    ``features`` then must be a detached leaf so their gradient accumulates in ``features.grad``.
+    """
+    losses = []
+    for i, (block, teacher) in enumerate(zip(model.blocks, teachers)):
+        inputs = features if extractor_gets_gradient(config.extractor, i, model.depth) else features.detach()
+        teacher = teacher.float()
+        with autocast():
+            logits = block(torch.softmax(teacher, dim=1), inputs)
+        log_q = torch.log_softmax(logits.float(), dim=1)
+        log_teacher = torch.log_softmax(teacher, dim=1)
+        loss = sid_objective(log_q, log_teacher, log_target, config.alpha, config.kl).mean()
+        if backward:
+            loss.backward()
+            loss = loss.detach()
+        losses.append(loss)
+    return losses
+
+
+def step(model, images, labels, config, autocast):
+    """Compute the gradients of one minibatch; return the summed local losses (detached)."""
+    train_extractor = config.extractor != "frozen"
+    with autocast(), torch.set_grad_enabled(train_extractor):
+        features = model.extractor(images)
+    with autocast():
+        teachers = teacher_logits(model, features.detach())
+    log_target = smoothed_target_log_beliefs(labels, model.num_classes, config.label_smoothing)
+    detached = features.detach().requires_grad_(train_extractor)
+    losses = local_losses(model, detached, teachers, log_target, config, autocast, backward=True)
+    if train_extractor and detached.grad is not None:
+        features.backward(detached.grad)
+    return torch.stack(losses).sum()

@@ -1,0 +1,200 @@
+"""The one training loop every method uses.
+
+Adam, a constant or cosine learning rate (annealed per step), evaluation after each epoch,
+a checkpoint written atomically after each epoch, exact resume, and a stop on a non-finite
+loss that keeps the last good checkpoint. A method only supplies ``step`` (see
+``sidlib.methods``). On the CPU, seeded runs are bitwise reproducible.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import data as datasets
+from .config import ConfigError, TrainConfig
+from .io import save_torch
+from .methods import METHODS
+from .models import build_model
+from .perf import keep_freed_memory
+
+CHECKPOINT_NAME = "checkpoint.pt"
+EVAL_BATCH = 1000
+FINITE_CHECK_EVERY = 25  # steps; reading the loss forces a device sync, so not every step
+# Options that may change between a run and its resumption; the rest define the run.
+RESUMABLE_CHANGES = ("epochs", "data_root", "device")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a nan or infinite loss; the message says where and what was kept."""
+
+
+def environment(device: torch.device) -> dict:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+           "threads": torch.get_num_threads(), "platform": platform.platform(),
+           "processor": platform.processor() or platform.machine()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the autocast context a method wraps its forward passes in."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def memory_format_for(model) -> torch.memory_format:
+    # Channels-last convolutions are markedly faster on CPUs (oneDNN) and on tensor-core GPUs.
+    return torch.channels_last if len(model.input_shape) == 3 else torch.contiguous_format
+
+
+def learning_rate_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based)."""
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+@torch.no_grad()
+def evaluate(model, data: datasets.Data, autocast=contextlib.nullcontext) -> float:
+    """Test accuracy in percent."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=data.test_labels.device)
+    fmt = memory_format_for(model)
+    for start in range(0, len(data.test_labels), EVAL_BATCH):
+        images = data.prepare(data.test_images[start:start + EVAL_BATCH]).contiguous(memory_format=fmt)
+        with autocast():
+            logits = model(images)
+        correct += (logits.argmax(1) == data.test_labels[start:start + EVAL_BATCH]).sum()
+    model.train()
+    return 100.0 * correct.item() / len(data.test_labels)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rng_state(shuffle: torch.Generator, augment: torch.Generator) -> dict:
+    state = {"shuffle": shuffle.get_state(), "augment": augment.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _load_rng_state(state: dict, shuffle: torch.Generator, augment: torch.Generator) -> None:
+    shuffle.set_state(state["shuffle"])
+    augment.set_state(state["augment"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(checkpoint_dir: Path, config: TrainConfig) -> dict:
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ConfigError(f"--resume found no checkpoint at {path}; drop --resume to start afresh, "
+                          f"or point --checkpoint-dir at a run's checkpoint folder")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved, asked = checkpoint["config"], config.to_dict()
+    for key, value in asked.items():
+        if key not in RESUMABLE_CHANGES and saved.get(key) != value:
+            raise ConfigError(f"--resume: the checkpoint was made with {key}={saved.get(key)!r} but this run "
+                              f"asks {key}={value!r}; use the same options, or a new --checkpoint-dir")
+    return checkpoint
+
+
+def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume: bool = False,
+          progress: bool = False, on_epoch_end: Callable[[dict], None] | None = None,
+          data: datasets.Data | None = None) -> dict:
+    """Train as ``config`` says and return the results (config, history, final accuracy, timings).
+
+    ``on_epoch_end`` is called with each epoch's record after its checkpoint is written.
+    ``data`` may be passed to reuse a loaded dataset (it must match the config).
+    """
+    config.validate()
+    device = config.resolved_device()
+    checkpoint = load_checkpoint(checkpoint_dir, config) if resume else None
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+        keep_freed_memory()
+    if data is None:
+        data = datasets.load(config.dataset, config.data_root, device, config.train_subset,
+                             config.label_noise, noise_seed=config.seed)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, data.info.input_shape, data.info.num_classes, config.depth)
+    fmt = memory_format_for(model)
+    model.to(device=device, memory_format=fmt)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps_per_epoch = math.ceil(len(data.train_labels) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: learning_rate_factor(config.schedule, s, total_steps))
+    shuffle = torch.Generator().manual_seed(config.seed)
+    augment = torch.Generator(device=device).manual_seed(config.seed + 1)
+    history, start_epoch, train_seconds = [], 0, 0.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        _load_rng_state(checkpoint["rng"], shuffle, augment)
+        history, start_epoch = checkpoint["history"], checkpoint["epoch"]
+        train_seconds = sum(record["epoch_seconds"] for record in history)
+
+    method = METHODS[config.method]
+    autocast = autocast_for(device, config.precision)
+    model.train()
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        order = torch.randperm(len(data.train_labels), generator=shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        _sync(device)
+        started = time.perf_counter()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+                   leave=False, file=sys.stderr, dynamic_ncols=True)
+        for step in bar:
+            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
+            images = data.prepare(data.train_images[batch], augment).contiguous(memory_format=fmt)
+            loss = method.step(model, images, data.train_labels[batch], config, autocast)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            loss_sum += loss
+            if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == steps_per_epoch:
+                value = loss_sum.item() / (step + 1)  # non-finite if any step's loss was
+                if not math.isfinite(value):
+                    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {checkpoint_dir}"
+                            if checkpoint_dir is not None and epoch > 1 else "no checkpoint was written")
+                    raise NonFiniteLoss(f"the loss became {value} in epoch {epoch} (by step {step + 1}); "
+                                        f"{kept}; try a smaller --lr")
+                bar.set_postfix(loss=f"{value:.4f}")
+        _sync(device)
+        epoch_seconds = time.perf_counter() - started
+        train_seconds += epoch_seconds
+        started = time.perf_counter()
+        test_acc = evaluate(model, data, autocast)
+        record = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "test_acc": test_acc,
+                  "epoch_seconds": epoch_seconds, "eval_seconds": time.perf_counter() - started,
+                  "lr": optimizer.param_groups[0]["lr"]}
+        history.append(record)
+        if checkpoint_dir is not None:
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            save_torch(Path(checkpoint_dir) / CHECKPOINT_NAME, {
+                "config": config.to_dict(), "epoch": epoch, "history": history, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(shuffle, augment)})
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    return {"config": config.to_dict(), "history": history,
+            "final_test_acc": history[-1]["test_acc"] if history else None,
+            "train_seconds": train_seconds, "environment": environment(device)}
