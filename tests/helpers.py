@@ -1,0 +1,30 @@
+"""Small shared fixtures for the tests."""
+import contextlib
+from dataclasses import replace
+
+import torch
+
+from sidlib.config import TrainConfig
+from sidlib.models import build_model
+
+SHAPE = (1, 12, 12)
+CLASSES = 10
+
+
+def tiny_problem(depth=4, batch=16, seed=0, shape=SHAPE):
+    torch.manual_seed(seed)
+    model = build_model("simplecnn", shape, CLASSES, depth)
+    images = torch.randn(batch, *shape)
+    labels = torch.randint(0, CLASSES, (batch,))
+    return model, images, labels
+
+
+def config(**changes):
+    return replace(TrainConfig(dataset="synthetic", device="cpu"), **changes)
+
+
+no_autocast = contextlib.nullcontext
+
+
+def grads(model):
+    return {name: (p.grad.clone() if p.grad is not None else None) for name, p in model.named_parameters()}

@@ -1,0 +1,42 @@
+"""Saved-tensor accounting, and the memory claim it supports."""
+import torch
+
+from helpers import config
+from sidlib import bench
+
+
+def test_meter_counts_saved_tensors_once_and_sees_them_freed():
+    x = torch.randn(1000, requires_grad=True)  # 4000 bytes
+    w = torch.randn(1000)
+    with bench.SavedTensorMeter() as meter:
+        y = (x * w).sum()      # mul saves x and w: 8000 bytes
+        z = (x * x).sum()      # saves x twice: the same storage, counted once
+        assert meter.current == 8000
+        y.backward()
+        assert meter.current == 4000  # y's graph is freed by its backward; z still holds x
+        del z
+    assert meter.current == 0 and meter.peak == 8000
+
+
+def test_meter_leaves_out_parameters():
+    layer = torch.nn.Linear(100, 100)
+    x = torch.randn(10, 100, requires_grad=True)
+    with bench.SavedTensorMeter(exclude=list(layer.parameters())) as meter:
+        layer(x).sum().backward()
+    assert meter.peak == 10 * 100 * 4  # the input only
+
+
+def test_bp_memory_grows_with_depth_and_sid_memory_does_not():
+    cfg = config(label_smoothing=0.1)
+    device = torch.device("cpu")
+    module = bench.module_saved_bytes(cfg, 32, device)
+    peak = {(m, d): bench.peak_saved_bytes(config(method=m, depth=d), 32, device)
+            for m in ("sid", "bp") for d in (2, 8)}
+    assert 5.5 * module < peak[("bp", 8)] - peak[("bp", 2)] < 6.5 * module
+    assert abs(peak[("sid", 8)] - peak[("sid", 2)]) <= 0.5 * module
+
+
+def test_run_returns_records_for_every_method_and_depth():
+    records = bench.run([1, 3], batch_size=8, steps=1, warmup=0, base=config())
+    assert {(r["method"], r["depth"]) for r in records} == {(m, d) for m in ("sid", "bp") for d in (1, 3)}
+    assert all(r["step_seconds"] > 0 and r["peak_saved_bytes"] > 0 for r in records)

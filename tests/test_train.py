@@ -1,0 +1,79 @@
+"""The training loop: learning, determinism, exact resume, non-finite losses."""
+import pytest
+import torch
+
+from helpers import config
+from sidlib import data as datasets
+from sidlib.methods import METHODS
+from sidlib.train import CHECKPOINT_NAME, NonFiniteLoss, learning_rate_factor, train
+
+DATA = datasets.load("synthetic")
+
+
+def without_timings(history):
+    return [{k: v for k, v in record.items() if not k.endswith("seconds")} for record in history]
+
+
+@pytest.mark.parametrize("method", ["sid", "bp"])
+def test_both_methods_learn_the_synthetic_task(method):
+    result = train(config(method=method, depth=3, epochs=3, batch_size=64), data=DATA)
+    assert result["final_test_acc"] > 60  # chance is 10%
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+
+
+def test_same_seed_same_history_other_seed_differs():
+    cfg = config(depth=3, epochs=2, train_subset=500, label_noise=0.1, schedule="cosine")
+    first, second = train(cfg), train(cfg)
+    assert without_timings(first["history"]) == without_timings(second["history"])
+    other = train(config(depth=3, epochs=2, train_subset=500, label_noise=0.1, schedule="cosine", seed=1))
+    assert without_timings(other["history"]) != without_timings(first["history"])
+
+
+def test_cosine_schedule():
+    assert learning_rate_factor("cosine", 0, 100) == 1.0
+    assert abs(learning_rate_factor("cosine", 50, 100) - 0.5) < 1e-12
+    assert learning_rate_factor("cosine", 100, 100) < 1e-12
+    assert learning_rate_factor("constant", 70, 100) == 1.0
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["sid", "bp"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, method):
+    cfg = config(method=method, depth=2, epochs=2, train_subset=600, schedule="cosine", label_smoothing=0.1)
+    whole = train(cfg, data=None)
+
+    def stop_after_first(record):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, checkpoint_dir=tmp_path, on_epoch_end=stop_after_first)
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["epoch"] == 1
+    resumed = train(cfg, checkpoint_dir=tmp_path, resume=True)
+    assert without_timings(resumed["history"]) == without_timings(whole["history"])
+    assert resumed["final_test_acc"] == whole["final_test_acc"]
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    from sidlib.config import ConfigError
+    train(config(depth=2, epochs=1, train_subset=200), checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="lr"):
+        train(config(depth=2, epochs=2, train_subset=200, lr=0.01), checkpoint_dir=tmp_path, resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_step = METHODS["sid"].step
+    calls = {"n": 0}
+    steps_per_epoch = 4  # 500 samples, batch 128
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real_step(*args)
+        return loss * float("nan") if calls["n"] == steps_per_epoch + 2 else loss
+
+    monkeypatch.setattr(METHODS["sid"], "step", poisoned)
+    with pytest.raises(NonFiniteLoss, match="epoch 2.*last good checkpoint \\(epoch 1\\)"):
+        train(config(depth=2, epochs=3, train_subset=500), checkpoint_dir=tmp_path)
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["epoch"] == 1
