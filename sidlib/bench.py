@@ -19,7 +19,7 @@ from .data import DATASETS
 from .methods import METHODS
 from .models import build_model
 from .perf import keep_freed_memory
-from .train import autocast_for, memory_format_for
+from .train import autocast_for, make_optimizer, memory_format_for
 
 
 class SavedTensorMeter:
@@ -76,7 +76,7 @@ def _setup(config: TrainConfig, batch_size: int, device: torch.device):
     model = build_model(config.model, info.input_shape, info.num_classes, config.depth)
     fmt = memory_format_for(model)
     model.to(device=device, memory_format=fmt)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config.lr)
     images = torch.randn(batch_size, *info.input_shape, device=device).contiguous(memory_format=fmt)
     labels = torch.randint(0, info.num_classes, (batch_size,), device=device)
     return model, optimizer, images, labels
