@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: no widget machinery in notebooks, where bars are off by default
 
 from . import data as datasets
 from .config import ConfigError, TrainConfig
@@ -36,10 +37,20 @@ class NonFiniteLoss(RuntimeError):
     """Training produced a nan or infinite loss; the message says where and what was kept."""
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-           "threads": torch.get_num_threads(), "platform": platform.platform(),
-           "processor": platform.processor() or platform.machine()}
+           "threads": torch.get_num_threads(), "platform": platform.platform(), "processor": cpu_model(),
+           "cpu_count": os.cpu_count()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

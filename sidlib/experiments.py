@@ -1,0 +1,100 @@
+"""Experiment grids (methods x seeds) with one results file per run, and their summaries.
+
+Each run's results are the training loop's (``sidlib.train.train``) plus the CLI command that
+reproduces it, written atomically to ``<out_dir>/<method>-seed<seed>.json``.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import fields, replace
+from pathlib import Path
+
+from . import data as datasets
+from .config import TrainConfig
+from .io import write_json
+from .train import train
+
+
+def cli_command(config: TrainConfig) -> str:
+    """The ``python -m sidlib train`` command line that runs ``config`` (the data root, which is
+    where files live rather than what is run, is left out)."""
+    defaults = TrainConfig()
+    parts = ["python -m sidlib train"]
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        if f.name == "data_root":
+            continue
+        if f.name in ("method", "dataset", "depth", "epochs", "seed") or value != getattr(defaults, f.name):
+            if value is not None:
+                parts.append(f"--{f.name.replace('_', '-')} {value}")
+    return " ".join(parts + ["--no-progress"])
+
+
+def run_path(out_dir: Path, method: str, seed: int) -> Path:
+    return Path(out_dir) / f"{method}-seed{seed}.json"
+
+
+def run_grid(base: TrainConfig, methods, seeds, out_dir: Path, reuse: bool = False, log=print) -> list[dict]:
+    """Train every method with every seed. With ``reuse``, runs whose results file exists are read
+    back instead of retrained (so an interrupted long grid continues where it stopped)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base.validate()
+    shared_data = None
+    results = []
+    for method in methods:
+        for seed in seeds:
+            path = run_path(out_dir, method, seed)
+            if reuse and path.exists():
+                results.append(json.loads(path.read_text()))
+                log(f"{method} seed {seed}: read back from {path.name}")
+                continue
+            config = replace(base, method=method, seed=seed)
+            data = None
+            if config.label_noise == 0:  # then the data do not depend on the seed: load once
+                if shared_data is None:
+                    shared_data = datasets.load(config.dataset, config.data_root, config.resolved_device(),
+                                                config.train_subset)
+                data = shared_data
+            result = train(config, data=data)
+            result["command"] = cli_command(config)
+            write_json(path, result)
+            results.append(result)
+            log(f"{method} seed {seed}: final test accuracy {result['final_test_acc']:.2f}%")
+    return results
+
+
+def load_runs(out_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("*-seed*.json"))]
+
+
+def _mean_std(values):
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per method: final test accuracy mean and std over seeds, best epoch, time per epoch."""
+    rows = []
+    for method in sorted({r["config"]["method"] for r in runs}):
+        mine = [r for r in runs if r["config"]["method"] == method]
+        final_mean, final_std = _mean_std([r["final_test_acc"] for r in mine])
+        best_mean, _ = _mean_std([max(h["test_acc"] for h in r["history"]) for r in mine])
+        epoch_seconds = [h["epoch_seconds"] for r in mine for h in r["history"]]
+        rows.append({"method": method, "seeds": sorted(r["config"]["seed"] for r in mine),
+                     "epochs": mine[0]["config"]["epochs"], "final_acc_mean": final_mean,
+                     "final_acc_std": final_std, "best_acc_mean": best_mean,
+                     "epoch_seconds_mean": statistics.fmean(epoch_seconds)})
+    return rows
+
+
+def learning_curves(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """Per method: test accuracy per epoch, its mean, minimum and maximum over seeds."""
+    curves = {}
+    for method in sorted({r["config"]["method"] for r in runs}):
+        per_seed = [[h["test_acc"] for h in r["history"]] for r in runs if r["config"]["method"] == method]
+        by_epoch = list(zip(*per_seed))
+        curves[method] = {"epoch": list(range(1, len(by_epoch) + 1)),
+                          "mean": [statistics.fmean(v) for v in by_epoch],
+                          "min": [min(v) for v in by_epoch], "max": [max(v) for v in by_epoch]}
+    return curves

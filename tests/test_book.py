@@ -1,0 +1,111 @@
+"""The book pipeline: presets, the runner, and the notebooks' structure."""
+import configparser
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sidlib import book
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NBCHECK = ROOT.parent / "shared" / "tools" / "nbcheck.py"
+
+
+def parameters_of(notebook):
+    from papermill.inspection import _infer_parameters
+    return {p.name for p in _infer_parameters(nbformat.read(notebook, as_version=4))}
+
+
+def test_every_notebook_has_presets_whose_names_are_its_parameters():
+    for notebook in NOTEBOOKS:
+        presets = book.presets_for(notebook)
+        assert list(presets)[0] == "smoke" and presets["smoke"] == {}
+        names = parameters_of(notebook)
+        if len(presets) > 1:  # an experiment notebook: it files results under its preset's name
+            assert {"preset", "results_root"} <= names
+        for preset, values in presets.items():
+            unknown = set(values) - names
+            assert not unknown, f"{notebook.name} preset {preset} sets unknown parameters {unknown}"
+
+
+def test_experiment_notebooks_have_cpu_and_paper_presets():
+    presets = book.presets_for(ROOT / "notebooks" / "02_sid_vs_bp.ipynb")
+    assert {"smoke", "cpu", "paper"} <= set(presets)
+    assert presets["paper"]["epochs"] == 100 and len(presets["paper"]["seeds"]) == 3
+    assert len(presets["cpu"]["seeds"]) >= 2 and presets["cpu"]["train_subset"] is None
+
+
+def test_largest_complete_preset(tmp_path):
+    assert book.largest_complete_preset("nb", tmp_path) == (None, None)
+    for preset in ("smoke", "cpu", "paper"):
+        (tmp_path / "nb" / preset).mkdir(parents=True)
+    (tmp_path / "nb" / "smoke" / book.COMPLETE_MARKER).write_text("{}")
+    (tmp_path / "nb" / "cpu" / book.COMPLETE_MARKER).write_text("{}")
+    assert book.largest_complete_preset("nb", tmp_path) == ("cpu", tmp_path / "nb" / "cpu")  # paper is incomplete
+
+
+def test_committed_cpu_results_are_complete_and_real():
+    summary = json.loads((ROOT / "results" / "02_sid_vs_bp" / "cpu" / "summary.json").read_text())
+    runs = [json.loads(p.read_text()) for p in (ROOT / "results" / "02_sid_vs_bp" / "cpu").glob("*-seed*.json")]
+    assert {r["config"]["method"] for r in runs} == {"sid", "bp"}
+    assert all(len({r["config"]["seed"] for r in runs if r["config"]["method"] == m}) >= 2 for m in ("sid", "bp"))
+    for run in runs:
+        assert run["config"]["dataset"] == "fashion-mnist" and run["config"]["train_subset"] is None
+        assert len(run["history"]) == run["config"]["epochs"] >= 2
+        assert all(h["epoch_seconds"] > 10 for h in run["history"])  # full-size epochs, not a smoke run
+    assert summary["preset"] == "cpu"
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sidlib.book", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_runner_bad_input_is_one_line_exit_2(tmp_path):
+    for args in (["run", str(tmp_path / "missing.ipynb")],
+                 ["run", str(ROOT / "notebooks" / "02_sid_vs_bp.ipynb"), "--preset", "huge",
+                  "--results-root", str(tmp_path)]):
+        done = run_cli(*args)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not any(tmp_path.rglob("*.ipynb"))
+
+
+def sanitised_text_outputs(notebook):
+    """The text outputs nbval compares, per code cell, with notebooks/sanitize.cfg applied."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "notebooks" / "sanitize.cfg")
+    rules = [(re.compile(parser[s]["regex"]), parser[s]["replace"]) for s in parser.sections()]
+    cells = []
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type != "code" or "injected-parameters" in cell.metadata.get("tags", []):
+            continue
+        if "NBVAL_IGNORE_OUTPUT" in cell.source:
+            cells.append(None)
+            continue
+        text = []
+        for output in cell.outputs:
+            text.append(output.get("text", "") + output.get("data", {}).get("text/plain", ""))
+        joined = "".join(text)
+        for pattern, replacement in rules:
+            joined = pattern.sub(replacement, joined)
+        cells.append(joined)
+    return cells
+
+
+def test_smoke_preset_reproduces_the_committed_theory_notebook(tmp_path):
+    notebook = ROOT / "notebooks" / "01_sid_lemma1_prop1.ipynb"
+    executed = book.run(notebook, "smoke", results_root=tmp_path, log=lambda *_: None)
+    assert executed == tmp_path / notebook.stem / "smoke" / notebook.name
+    assert sanitised_text_outputs(executed) == sanitised_text_outputs(notebook)
+
+
+@pytest.mark.skipif(not NBCHECK.is_file(), reason="../shared/tools/nbcheck.py is not beside this checkout")
+def test_notebooks_pass_nbcheck_strict():
+    folders = [str(ROOT / "notebooks")] + [str(p) for p in (ROOT / "results").glob("*/cpu")]
+    done = subprocess.run([sys.executable, str(NBCHECK), "--strict", *folders], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout

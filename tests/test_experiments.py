@@ -1,0 +1,52 @@
+"""Experiment grids: files per run, reuse, summaries, and the reproducing command line."""
+import json
+import statistics
+
+import pytest
+
+from helpers import config
+from sidlib import cli, experiments
+from sidlib.config import TrainConfig
+
+
+def test_cli_command_parses_back_to_the_same_config():
+    cfg = config(method="bp", depth=7, epochs=3, lr=3e-4, alpha=0.3, kl="reverse", label_smoothing=0.1,
+                 schedule="cosine", label_noise=0.2, train_subset=500, seed=4, precision="bf16", extractor="final_layer")
+    command = experiments.cli_command(cfg).split()
+    assert command[:4] == ["python", "-m", "sidlib", "train"]
+    args = cli._parser().parse_args(command[3:])
+    parsed = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    assert parsed == cfg
+
+
+def test_run_grid_writes_one_file_per_run_and_reuses_them(tmp_path, monkeypatch):
+    base = config(depth=2, epochs=2, train_subset=300)
+    lines = []
+    runs = experiments.run_grid(base, ["sid", "bp"], [0, 1], tmp_path, log=lines.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bp-seed0.json", "bp-seed1.json", "sid-seed0.json",
+                                                         "sid-seed1.json"]
+    saved = json.loads((tmp_path / "sid-seed1.json").read_text())
+    assert saved["config"]["seed"] == 1 and saved["command"].endswith("--no-progress")
+    assert saved == runs[1]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("reuse must not retrain")
+
+    monkeypatch.setattr(experiments, "train", no_training)
+    again = experiments.run_grid(base, ["sid", "bp"], [0, 1], tmp_path, reuse=True, log=lines.append)
+    assert again == runs
+
+
+def test_summaries_against_a_hand_computation():
+    def fake(method, seed, accs):
+        return {"config": {"method": method, "seed": seed, "epochs": len(accs)},
+                "history": [{"test_acc": a, "epoch_seconds": 10.0 + seed} for a in accs], "final_test_acc": accs[-1]}
+
+    runs = [fake("sid", 0, [50, 60, 70]), fake("sid", 1, [55, 75, 72]), fake("bp", 0, [40, 45, 50])]
+    rows = {r["method"]: r for r in experiments.summarise(runs)}
+    assert rows["sid"]["final_acc_mean"] == 71 and rows["sid"]["final_acc_std"] == pytest.approx(statistics.stdev([70, 72]))
+    assert rows["sid"]["best_acc_mean"] == (70 + 75) / 2 and rows["sid"]["epoch_seconds_mean"] == 10.5
+    assert rows["bp"]["final_acc_std"] == 0.0 and rows["bp"]["seeds"] == [0]
+    curves = experiments.learning_curves(runs)
+    assert curves["sid"]["mean"] == [52.5, 67.5, 71] and curves["sid"]["min"] == [50, 60, 70]
+    assert curves["sid"]["max"] == [55, 75, 72] and curves["bp"]["epoch"] == [1, 2, 3]
