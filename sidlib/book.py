@@ -13,6 +13,8 @@ show the largest preset whose results are complete (``summary.json`` present), a
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import os
 import sys
 import tempfile
@@ -41,6 +43,20 @@ def presets_for(notebook: Path) -> dict[str, dict]:
     return {"smoke": {}, **{name: dict(values or {}) for name, values in mine.items() if name != "smoke"}}
 
 
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names assigned at top level in the notebook's cell tagged ``parameters``."""
+    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise BookError(f"{Path(notebook).name} has {len(cells)} cells tagged 'parameters'; papermill needs exactly one")
+    source = "".join(cells[0]["source"])
+    names = set()
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
 def results_dir(stem: str, preset: str, results_root: Path) -> Path:
     return Path(results_root) / stem / preset
 
@@ -67,7 +83,11 @@ def run(notebook: Path, preset: str, results_root: Path | None = None, log=print
     results_root = Path(results_root) if results_root else notebook.parent.parent / "results"
     out_dir = results_dir(notebook.stem, preset, results_root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    declared = papermill.inspect_notebook(str(notebook))
+    declared = declared_parameters(notebook)
+    unknown = set(presets[preset]) - declared
+    if unknown:
+        raise BookError(f"preset {preset!r} sets {sorted(unknown)}, which {notebook.name} does not declare in its "
+                        f"parameters cell; fix notebooks/presets.yml")
     parameters = dict(presets[preset])
     if "preset" in declared:  # experiment notebooks file their results under the preset's name
         parameters.update(preset=preset, results_root=os.path.relpath(results_root, notebook.parent))

@@ -137,6 +137,13 @@ def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume: bool 
     ``on_epoch_end`` is called with each epoch's record after its checkpoint is written.
     ``data`` may be passed to reuse a loaded dataset (it must match the config).
     """
+    return train_model(config, checkpoint_dir, resume, progress, on_epoch_end, data)[1]
+
+
+def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume: bool = False,
+                progress: bool = False, on_epoch_end: Callable[[dict], None] | None = None,
+                data: datasets.Data | None = None) -> tuple[torch.nn.Module, dict]:
+    """``train``, also returning the trained network (for analyses that need the model itself)."""
     config.validate()
     device = config.resolved_device()
     checkpoint = load_checkpoint(checkpoint_dir, config) if resume else None
@@ -211,6 +218,6 @@ def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume: bool 
         if on_epoch_end is not None:
             on_epoch_end(record)
 
-    return {"config": config.to_dict(), "history": history,
+    return model, {"config": config.to_dict(), "history": history,
             "final_test_acc": history[-1]["test_acc"] if history else None,
             "train_seconds": train_seconds, "environment": environment(device)}

@@ -1,7 +1,6 @@
 """The book pipeline: presets, the runner, and the notebooks' structure."""
 import configparser
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,16 +16,11 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 NBCHECK = ROOT.parent / "shared" / "tools" / "nbcheck.py"
 
 
-def parameters_of(notebook):
-    from papermill.inspection import _infer_parameters
-    return {p.name for p in _infer_parameters(nbformat.read(notebook, as_version=4))}
-
-
 def test_every_notebook_has_presets_whose_names_are_its_parameters():
     for notebook in NOTEBOOKS:
         presets = book.presets_for(notebook)
         assert list(presets)[0] == "smoke" and presets["smoke"] == {}
-        names = parameters_of(notebook)
+        names = book.declared_parameters(notebook)
         if len(presets) > 1:  # an experiment notebook: it files results under its preset's name
             assert {"preset", "results_root"} <= names
         for preset, values in presets.items():
@@ -39,6 +33,12 @@ def test_experiment_notebooks_have_cpu_and_paper_presets():
     assert {"smoke", "cpu", "paper"} <= set(presets)
     assert presets["paper"]["epochs"] == 100 and len(presets["paper"]["seeds"]) == 3
     assert len(presets["cpu"]["seeds"]) >= 2 and presets["cpu"]["train_subset"] is None
+
+
+def test_declared_parameters_are_the_assigned_names():
+    names = book.declared_parameters(ROOT / "notebooks" / "02_sid_vs_bp.ipynb")
+    assert {"preset", "dataset", "epochs", "seeds", "results_root", "bench_depths"} <= names
+    assert "config" not in names  # computed after the parameters cell
 
 
 def test_largest_complete_preset(tmp_path):

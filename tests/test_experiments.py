@@ -45,7 +45,7 @@ def test_summaries_against_a_hand_computation():
     runs = [fake("sid", 0, [50, 60, 70]), fake("sid", 1, [55, 75, 72]), fake("bp", 0, [40, 45, 50])]
     rows = {r["method"]: r for r in experiments.summarise(runs)}
     assert rows["sid"]["final_acc_mean"] == 71 and rows["sid"]["final_acc_std"] == pytest.approx(statistics.stdev([70, 72]))
-    assert rows["sid"]["best_acc_mean"] == (70 + 75) / 2 and rows["sid"]["epoch_seconds_mean"] == 10.5
+    assert rows["sid"]["best_acc_mean"] == (70 + 75) / 2 and rows["sid"]["epoch_seconds_median"] == 10.5
     assert rows["bp"]["final_acc_std"] == 0.0 and rows["bp"]["seeds"] == [0]
     curves = experiments.learning_curves(runs)
     assert curves["sid"]["mean"] == [52.5, 67.5, 71] and curves["sid"]["min"] == [50, 60, 70]
