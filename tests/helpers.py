@@ -28,3 +28,9 @@ no_autocast = contextlib.nullcontext
 
 def grads(model):
     return {name: (p.grad.clone() if p.grad is not None else None) for name, p in model.named_parameters()}
+
+
+def random_log_beliefs(n, c, seed, concentration=1.0):
+    """Random full-support beliefs (float64 log-probabilities), softmax of scaled Gaussian logits."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(concentration * torch.randn(n, c, generator=g, dtype=torch.float64), dim=1)

@@ -10,10 +10,11 @@ from sidlib.bhattacharyya import (bhattacharyya_coefficient, bhattacharyya_dista
                                   squared_hellinger)
 from sidlib.divergences import kl_divergence
 
+import helpers
+
 
 def random_log_beliefs(n, c, seed, concentration=2.0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.log_softmax(concentration * torch.randn(n, c, generator=g, dtype=torch.float64), dim=1)
+    return helpers.random_log_beliefs(n, c, seed, concentration)
 
 
 def test_values_match_numpy_definitions():

@@ -6,13 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import random_log_beliefs
 from sidlib.divergences import (arithmetic_mixture, geometric_interpolation, kl_divergence, local_minimiser,
                                 sid_objective, smoothed_target_log_beliefs)
-
-
-def random_log_beliefs(n, c, seed, concentration=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.log_softmax(concentration * torch.randn(n, c, generator=g, dtype=torch.float64), dim=1)
 
 
 def test_kl_matches_numpy_and_is_nonnegative():
