@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .config import TrainConfig
 from .data import Data
 from .divergences import kl_divergence, local_minimiser, sid_objective, smoothed_target_log_beliefs
-from .theory import uniform_log_belief
+from .theory import random_log_beliefs, uniform_log_belief  # noqa: F401 (random_log_beliefs: part of this module's samplers)
 from .train import memory_format_for, train_model
 
 # ---------------------------------------------------------------------------------------------
@@ -204,13 +204,6 @@ def level_point(log_teacher: Tensor, log_target: Tensor, alpha: float, direction
         low, high = torch.where(below, middle, low), torch.where(below, high, middle)
     weight = torch.where(reached.unsqueeze(1), low, (objective(log_far) < goal).to(low.dtype).unsqueeze(1))
     return mixture(log_star, log_far, weight), reached
-
-
-def random_log_beliefs(rows: int, num_classes: int, generator: torch.Generator, concentration: float = 2.0,
-                       dtype=torch.float64) -> Tensor:
-    """Random full-support beliefs: softmax of Gaussian logits with a random scale in [0, concentration]."""
-    scale = concentration * torch.rand(rows, 1, generator=generator, dtype=dtype)
-    return torch.log_softmax(scale * torch.randn(rows, num_classes, generator=generator, dtype=dtype), dim=1)
 
 
 def near_vertex_log_beliefs(rows: int, num_classes: int, generator: torch.Generator, floor: float = 1e-3,

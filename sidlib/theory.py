@@ -19,6 +19,13 @@ def uniform_log_belief(rows: int, num_classes: int, dtype=torch.float64) -> Tens
     return torch.full((rows, num_classes), -math.log(num_classes), dtype=dtype)
 
 
+def random_log_beliefs(rows: int, num_classes: int, generator: torch.Generator, concentration: float = 2.0,
+                       dtype=torch.float64) -> Tensor:
+    """Random full-support beliefs: softmax of Gaussian logits with a random scale in [0, concentration]."""
+    scale = concentration * torch.rand(rows, 1, generator=generator, dtype=dtype)
+    return torch.log_softmax(scale * torch.randn(rows, num_classes, generator=generator, dtype=dtype), dim=1)
+
+
 def minimise_numerically(objective, shape: tuple[int, int], dtype=torch.float64, max_iter: int = 500) -> Tensor:
     """Minimise ``objective(log_q)`` (a per-row tensor) over the simplex by L-BFGS on softmax logits.
 
