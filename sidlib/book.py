@@ -3,6 +3,7 @@
     python -m sidlib.book run notebooks/02_sid_vs_bp.ipynb --preset cpu
     python -m sidlib.book presets notebooks/02_sid_vs_bp.ipynb
     python -m sidlib.book refresh notebooks/*.ipynb        # re-execute committed notebooks in place
+    python -m sidlib.book spread notebooks/03_sid_monotonic_descent.ipynb --seeds 0 1 2 --label native
 
 Presets live in ``notebooks/presets.yml``: for each notebook, named parameter overrides.
 ``smoke`` is always the notebook's own defaults (its ``parameters`` cell). ``run`` executes the
@@ -92,18 +93,93 @@ def run(notebook: Path, preset: str, results_root: Path | None = None, log=print
     if "preset" in declared:  # experiment notebooks file their results under the preset's name
         parameters.update(preset=preset, results_root=os.path.relpath(results_root, notebook.parent))
     target = out_dir / notebook.name
-    fd, partial = tempfile.mkstemp(prefix=f".{notebook.stem}.", suffix=".ipynb", dir=out_dir)
-    os.close(fd)
     log(f"running {notebook.name} at preset {preset!r} with {parameters}")
+    execute(notebook, parameters, target)
+    log(f"executed notebook: {target}")
+    return target
+
+
+def execute(notebook: Path, parameters: dict, target: Path) -> None:
+    """Run ``notebook`` with papermill (``parameters`` injected) into ``target``, written atomically.
+
+    The cell papermill injects is folded in the book (``hide-cell``): the page says its scale in prose.
+    """
+    import nbformat
+    import papermill
+
+    fd, partial = tempfile.mkstemp(prefix=f".{notebook.stem}.", suffix=".ipynb", dir=target.parent)
+    os.close(fd)
     try:
         papermill.execute_notebook(str(notebook), partial, parameters=parameters, cwd=str(notebook.parent),
                                    kernel_name=KERNEL, progress_bar=False)
+        nb = nbformat.read(partial, as_version=4)
+        for cell in nb.cells:
+            tags = cell.metadata.setdefault("tags", [])
+            if "injected-parameters" in tags and "hide-cell" not in tags:
+                tags.append("hide-cell")
+        nbformat.write(nb, partial)
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
-    log(f"executed notebook: {target}")
-    return target
+
+
+def measure_spread(notebook: Path, seeds: list[int], label: str, out: Path, log=print) -> dict:
+    """Execute ``notebook`` at its defaults once per seed; add every recorded number to ``out``.
+
+    ``out`` (JSON) collects runs from several invocations, one ``label`` each (this machine,
+    another CPU profile, another torch), so that ``notebooks/tolerances.yml`` can cite the spread
+    between seeds and between machines. A label's earlier runs are replaced.
+    """
+    import platform
+
+    import torch
+
+    from .io import write_json
+    from .notebook import notebook_records
+    from .train import cpu_model
+
+    notebook = Path(notebook).resolve()
+    declared = declared_parameters(notebook)
+    seed_name = "seed" if "seed" in declared else "seeds" if "seeds" in declared else None
+    if seed_name is None:
+        raise BookError(f"{notebook.name} declares neither 'seed' nor 'seeds' in its parameters cell; "
+                        f"measure the spread of a notebook that trains something")
+    out = Path(out)
+    table = json.loads(out.read_text()) if out.is_file() else {"notebook": notebook.stem, "runs": []}
+    runs = [r for r in table["runs"] if r["label"] != label]
+    environment = {"torch": torch.__version__, "python": platform.python_version(), "processor": cpu_model(),
+                   "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", "default (best)"),
+                   "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", "default (best)")}
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in seeds:
+            target = Path(scratch) / f"{notebook.stem}-{seed}.ipynb"
+            log(f"{label}: executing {notebook.name} with {seed_name} = {seed}")
+            execute(notebook, {seed_name: seed if seed_name == "seed" else [seed]}, target)
+            runs.append({"label": label, "seed": seed, "environment": environment, "records": notebook_records(target)})
+    table["runs"] = runs
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, table)
+    return table
+
+
+def spread_summary(table: dict, reference_label: str = "native", reference_seed: int = 0) -> dict[str, dict]:
+    """Per recorded name: the largest gap to the reference run between seeds and between machines."""
+    runs = table["runs"]
+    reference = next((r for r in runs if r["label"] == reference_label and r["seed"] == reference_seed), None)
+    if reference is None:
+        raise BookError(f"no run labelled {reference_label!r} with seed {reference_seed} in the spread table")
+    def records(run):  # a name may carry its run's seed ("sid_seed1_final_acc"): align it with the reference's
+        return {name.replace(f"seed{run['seed']}", f"seed{reference_seed}"): v for name, v in run["records"].items()}
+
+    summary = {}
+    for name, value in reference["records"].items():
+        seeds = [abs(records(r)[name] - value) for r in runs if r["label"] == reference_label and name in records(r)]
+        machines = [abs(r["records"][name] - value) for r in runs
+                    if r["seed"] == reference_seed and r["label"] != reference_label and name in r["records"]]
+        summary[name] = {"seed_spread": max(seeds), "machine_spread": max(machines, default=float("nan")),
+                         "machines": sorted({r["label"] for r in runs if r["seed"] == reference_seed})}
+    return summary
 
 
 def refresh(notebook: Path, timeout: int = 3600) -> None:
@@ -131,10 +207,22 @@ def main(argv=None) -> int:
     p.add_argument("notebook", type=Path)
     f = commands.add_parser("refresh", help="re-execute notebooks in place at their defaults")
     f.add_argument("notebooks", type=Path, nargs="+")
+    s = commands.add_parser("spread", help="measure how recorded numbers vary with the seed and the machine")
+    s.add_argument("notebook", type=Path)
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    s.add_argument("--label", default="native", help="names this machine or profile (native, avx2, torch-2.4, ...)")
+    s.add_argument("--out", type=Path, default=None, help="default: results/spread/<notebook>.json")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             run(args.notebook, args.preset, args.results_root)
+        elif args.command == "spread":
+            out = args.out or args.notebook.resolve().parent.parent / "results" / "spread" / f"{args.notebook.stem}.json"
+            table = measure_spread(args.notebook, args.seeds, args.label, out)
+            if any(r["label"] == "native" and r["seed"] == 0 for r in table["runs"]):
+                for name, row in spread_summary(table).items():
+                    print(f"{name}: seeds {row['seed_spread']:.4g}, machines {row['machine_spread']:.4g}")
+            print(f"spread: {out}")
         elif args.command == "presets":
             for name, values in presets_for(args.notebook).items():
                 print(f"{name}: {values or '(the notebook defaults)'}")

@@ -1,0 +1,3 @@
+# The repository's pytest set-up: notebook cells run by nbval also check their recorded numbers
+# against notebooks/tolerances.yml (see sidlib/nbval_plugin.py).
+pytest_plugins = ["sidlib.nbval_plugin"]

@@ -1,0 +1,115 @@
+"""Measured numbers in notebooks: recorded, compared with tolerances, and the tolerances justified."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sidlib import book
+from sidlib.notebook import (GLUE_MIME, allowed_gap, RecordError, check_cell, check_records, fixed, ignored_by_nbval,
+                             load_tolerances, notebook_records, recorded, tolerance_for)
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SPREAD = ROOT / "results" / "spread"
+TOLERANCES = {"nb": {"acc_*": {"tolerance": 1.0, "unit": "points", "why": "measured"}}}
+
+
+def glue_output(name, value):
+    # what myst_nb.glue(name, value, display=False) leaves in a cell's outputs
+    return {"output_type": "display_data", "data": {GLUE_MIME: repr(value)},
+            "metadata": {"scrapbook": {"name": name, "mime_prefix": "application/papermill.record/"}}}
+
+
+def test_fixed_never_prints_negative_zero():
+    assert fixed(-1e-12, 4) == "0.0000" and fixed(-0.0, 2) == "0.00" and fixed(1e-12, 4) == "0.0000"
+    assert fixed(-0.25, 2) == "-0.25" and fixed(-0.00005, 4) == "-0.0001"  # a real sign is kept
+    assert fixed(2.5, 0) in ("2", "3")
+
+
+def test_recorded_reads_glue_outputs_and_nothing_else():
+    outputs = [{"output_type": "stream", "name": "stdout", "text": "acc 12.5\n"},
+               glue_output("acc_sid", 12.5), glue_output("acc_bp", 30.25)]
+    assert recorded(outputs) == {"acc_sid": 12.5, "acc_bp": 30.25}
+    assert recorded([]) == {} and recorded(None) == {}
+
+
+def test_check_records_passes_inside_and_fails_outside_the_tolerance():
+    assert check_records("nb", {"acc_sid": 30.0}, {"acc_sid": 30.9}, TOLERANCES) == []
+    problems = check_records("nb", {"acc_sid": 30.0}, {"acc_sid": 31.5}, TOLERANCES)
+    assert len(problems) == 1 and "differs by 1.5" in problems[0] and "measured" in problems[0]
+    assert check_records("nb", {"acc_sid": math.nan}, {"acc_sid": 30.0}, TOLERANCES)
+    assert check_records("nb", {}, {"acc_sid": 30.0}, TOLERANCES)  # a record that disappeared
+    assert check_records("nb", {"acc_sid": 30.0, "acc_new": 1.0}, {"acc_sid": 30.0}, TOLERANCES)  # a new one
+
+
+def test_a_relative_tolerance_scales_with_the_committed_value():
+    relative = {"nb": {"norm": {"tolerance": 0.5, "relative": True, "why": "measured"}}}
+    assert check_records("nb", {"norm": 14.9}, {"norm": 10.0}, relative) == []
+    assert check_records("nb", {"norm": 15.1}, {"norm": 10.0}, relative)
+    assert check_records("nb", {"norm": -0.1}, {"norm": 0.0}, relative)  # zero committed: exact
+
+
+def test_a_record_without_a_tolerance_is_an_error():
+    with pytest.raises(RecordError, match="no tolerance"):
+        check_records("nb", {"loss": 1.0}, {"loss": 1.0}, TOLERANCES)
+    with pytest.raises(RecordError, match="no tolerance"):
+        tolerance_for("other", "acc_sid", TOLERANCES)
+
+
+def test_check_cell_judges_only_cells_nbval_does_not_compare():
+    committed = nbformat.v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nrecord('acc_sid', x)")
+    committed.outputs = [nbformat.from_dict(glue_output("acc_sid", 30.0))]
+    assert ignored_by_nbval(committed)
+    check_cell(Path("nb.ipynb"), committed, [glue_output("acc_sid", 30.5)], TOLERANCES)
+    with pytest.raises(RecordError, match="outside their tolerance"):
+        check_cell(Path("nb.ipynb"), committed, [glue_output("acc_sid", 35.0)], TOLERANCES)
+    compared = nbformat.v4.new_code_cell("record('acc_sid', x)")  # nbval compares its text exactly
+    compared.outputs = committed.outputs
+    check_cell(Path("nb.ipynb"), compared, [glue_output("acc_sid", 35.0)], TOLERANCES)
+
+
+def test_every_recorded_number_has_a_justified_tolerance():
+    tolerances = load_tolerances()
+    for notebook in NOTEBOOKS:
+        for name in notebook_records(notebook):
+            entry = tolerance_for(notebook.stem, name, tolerances)
+            assert entry["tolerance"] > 0 and len(entry["why"].split()) >= 5, (notebook.stem, name)
+    assert set(tolerances) <= {n.stem for n in NOTEBOOKS}, "tolerances for a notebook that does not exist"
+
+
+def test_tolerances_cover_the_measured_spread_between_machines():
+    """Each tolerance is at least the largest gap measured between machines (results/spread/)."""
+    tolerances = load_tolerances()
+    tables = sorted(SPREAD.glob("*.json"))
+    assert {t.stem for t in tables} == set(tolerances), "measure the spread of every notebook with tolerances"
+    for table_path in tables:
+        table = json.loads(table_path.read_text())
+        assert len({r["label"] for r in table["runs"]}) >= 3, f"{table_path.name}: too few machines measured"
+        for name, row in book.spread_summary(table).items():
+            entry = tolerance_for(table_path.stem, name, tolerances)
+            reference = next(r for r in table["runs"] if r["label"] == "native" and r["seed"] == 0)["records"][name]
+            allowed = allowed_gap(entry, reference)
+            assert row["machine_spread"] <= allowed, (table_path.stem, name, row, allowed)
+
+
+def test_the_nbval_hook_fails_a_cell_whose_record_moved(tmp_path):
+    """End to end: nbval plus sidlib's plugin on a notebook whose committed record differs."""
+    (tmp_path / "tolerances.yml").write_text("toy:\n  value:\n    tolerance: 0.1\n    why: a test of the hook itself\n")
+    for committed_value, expect_pass in ((1.05, True), (1.5, False)):
+        cell = nbformat.v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nfrom sidlib.notebook import record\nrecord('value', 1.0)",
+                                         execution_count=1)
+        cell.outputs = [nbformat.from_dict(glue_output("value", committed_value))]
+        notebook = tmp_path / "toy.ipynb"
+        nbformat.write(nbformat.v4.new_notebook(cells=[cell]), notebook)
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "sidlib.nbval_plugin",
+                               "--nbval", "--nbval-current-env", str(notebook)], capture_output=True, text=True,
+                              cwd=tmp_path, env={**os.environ, "SIDLIB_TOLERANCES": str(tmp_path / "tolerances.yml")},
+                              timeout=300)
+        assert (done.returncode == 0) == expect_pass, done.stdout[-2000:]
+        if not expect_pass:
+            assert "differs by 0.5" in done.stdout
