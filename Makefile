@@ -3,21 +3,27 @@
 #               unit tests and re-execute every notebook, comparing outputs with the committed ones
 #   make book   set up likewise, then build the Jupyter Book into _build/html (fails on any warning)
 # Set-up is idempotent: a second run only re-installs when pyproject.toml changed.
+#
+#   make test-lowest / make test-newest   the same suite on the lowest / newest supported torch
+#                                         (requirements/lowest.txt, newest.txt; own virtual envs)
+#   make test CONSTRAINTS=requirements/lock.txt   the committed environment exactly
+#   make lock                             re-write requirements/lock.txt from .venv
 PYTHON ?= python3
 VENV ?= .venv
+CONSTRAINTS ?=
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: setup test book system-packages clean
+.PHONY: setup test book system-packages clean test-lowest test-newest lock
 
 setup: $(VENV)/.installed system-packages
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sidbook needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --editable '.[test,book]'
+	$(PY) -m pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS)) --editable '.[test,book]'
 	touch $@
 
 # Fashion-MNIST for offline machines, from Debian's package (a no-op where it is already there).
@@ -35,5 +41,17 @@ book: setup
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 	@echo "book: _build/html/index.html"
 
+test-lowest:
+	$(MAKE) test VENV=.venv-lowest CONSTRAINTS=requirements/lowest.txt
+
+test-newest:
+	$(MAKE) test VENV=.venv-newest CONSTRAINTS=requirements/newest.txt
+
+lock: setup
+	{ echo "# Every package \`make test\` installed (Python $$($(PY) -c 'import platform; print(platform.python_version())'), $$(uname -m)), exactly:"; \
+	  echo "#   make test CONSTRAINTS=requirements/lock.txt"; \
+	  $(PY) -m pip freeze --exclude-editable; } > requirements/lock.txt.partial
+	mv requirements/lock.txt.partial requirements/lock.txt
+
 clean:
-	rm -rf $(VENV) _build .pytest_cache
+	rm -rf $(VENV) .venv-lowest .venv-newest _build .pytest_cache

@@ -31,3 +31,39 @@ def test_environment_yml_matches_pyproject():
 def test_requires_python_311():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["requires-python"] == ">=3.11"
+
+
+def pins(path: Path) -> dict[str, str]:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return {normalise(line)[0]: line.split("==")[1] for line in lines if "==" in line}
+
+
+def declared() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return dict(normalise(r) for r in set(project["dependencies"]).union(*project["optional-dependencies"].values()))
+
+
+def test_lock_pins_every_dependency_inside_its_declared_range():
+    from packaging.specifiers import SpecifierSet
+
+    lock = pins(ROOT / "requirements" / "lock.txt")
+    for name, spec in declared().items():
+        assert name in lock, f"{name} is not in requirements/lock.txt; run make lock"
+        assert SpecifierSet(spec).contains(lock[name].split("+")[0], prereleases=True), (name, spec, lock[name])
+
+
+def test_lowest_and_newest_are_the_ends_of_the_declared_torch_range():
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    ranges = declared()
+    lowest, newest = pins(ROOT / "requirements" / "lowest.txt"), pins(ROOT / "requirements" / "newest.txt")
+    for name in ("torch", "torchvision"):
+        spec = SpecifierSet(ranges[name])
+        assert spec.contains(lowest[name]) and spec.contains(newest[name]), name
+        lower = next(s.version for s in spec if s.operator == ">=")
+        upper = next(s.version for s in spec if s.operator == "<")
+        assert Version(lowest[name]) == Version(lower), f"{name}: lowest.txt must pin the declared lower bound"
+        assert Version(newest[name]).release[:2] < Version(upper).release[:2], name
+        assert Version(newest[name]).release[:2] >= (Version(upper).release[0], Version(upper).release[1] - 1), \
+            f"{name}: newest.txt must be in the last minor release the range admits"
