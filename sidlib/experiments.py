@@ -47,8 +47,10 @@ def run_grid(base: TrainConfig, methods, seeds, out_dir: Path, reuse: bool = Fal
         for seed in seeds:
             path = run_path(out_dir, method, seed)
             if reuse and path.exists():
-                results.append(json.loads(path.read_text()))
-                log(f"{method} seed {seed}: read back from {path.name}")
+                result = json.loads(path.read_text())
+                results.append(result)
+                log(f"{method} seed {seed}: final test accuracy {result['final_test_acc']:.2f}% "
+                    f"(read back from {path.name})")
                 continue
             config = replace(base, method=method, seed=seed)
             data = None
