@@ -73,8 +73,6 @@ def largest_complete_preset(stem: str, results_root: Path) -> tuple[str, Path] |
 
 def run(notebook: Path, preset: str, results_root: Path | None = None, log=print) -> Path:
     """Execute ``notebook`` at ``preset``; return the executed notebook's path (written atomically)."""
-    import papermill
-
     notebook = Path(notebook).resolve()
     if not notebook.is_file() or notebook.suffix != ".ipynb":
         raise BookError(f"no notebook at {notebook}; give the path of an .ipynb file under notebooks/")

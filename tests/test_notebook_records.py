@@ -113,3 +113,23 @@ def test_the_nbval_hook_fails_a_cell_whose_record_moved(tmp_path):
         assert (done.returncode == 0) == expect_pass, done.stdout[-2000:]
         if not expect_pass:
             assert "differs by 0.5" in done.stdout
+
+
+def test_spread_summary_aligns_seed_names_and_separates_seeds_from_machines():
+    runs = [{"label": "native", "seed": 0, "records": {"sid_seed0_acc": 30.0}},
+            {"label": "native", "seed": 1, "records": {"sid_seed1_acc": 34.0}},
+            {"label": "baseline", "seed": 0, "records": {"sid_seed0_acc": 30.5}},
+            {"label": "torch-2.4.0", "seed": 0, "records": {"sid_seed0_acc": 29.0}}]
+    row = book.spread_summary({"runs": runs})["sid_seed0_acc"]
+    assert row["seed_spread"] == 4.0 and row["machine_spread"] == 1.0
+    assert row["machines"] == ["baseline", "native", "torch-2.4.0"]
+    with pytest.raises(book.BookError):
+        book.spread_summary({"runs": runs[1:2]})
+
+
+def test_spread_refuses_a_notebook_without_a_seed(tmp_path):
+    cell = nbformat.v4.new_code_cell("rows = 10", metadata={"tags": ["parameters"]})
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), tmp_path / "plain.ipynb")
+    with pytest.raises(book.BookError, match="neither 'seed' nor 'seeds'"):
+        book.measure_spread(tmp_path / "plain.ipynb", [0], "native", tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
