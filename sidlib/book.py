@@ -167,6 +167,7 @@ def spread_summary(table: dict, reference_label: str = "native", reference_seed:
     reference = next((r for r in runs if r["label"] == reference_label and r["seed"] == reference_seed), None)
     if reference is None:
         raise BookError(f"no run labelled {reference_label!r} with seed {reference_seed} in the spread table")
+
     def records(run):  # a name may carry its run's seed ("sid_seed1_final_acc"): align it with the reference's
         return {name.replace(f"seed{run['seed']}", f"seed{reference_seed}"): v for name, v in run["records"].items()}
 

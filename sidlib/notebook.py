@@ -1,6 +1,6 @@
 """What a notebook shows, split by how a test may check it on another machine.
 
-Two kinds of output (README, "Reproducible on every machine"):
+Two kinds of output (README, "What `make test` proves, on any machine"):
 
 * **Deterministic**: closed forms, exact counts, checks on constructed inputs. nbval compares
   their text exactly, so they are printed with :func:`fixed` (no negative zero, no digits below

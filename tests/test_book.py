@@ -10,6 +10,7 @@ import nbformat
 import pytest
 
 from sidlib import book
+from sidlib.notebook import ignored_by_nbval
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -84,7 +85,7 @@ def sanitised_text_outputs(notebook):
     for cell in nbformat.read(notebook, as_version=4).cells:
         if cell.cell_type != "code" or "injected-parameters" in cell.metadata.get("tags", []):
             continue
-        if "NBVAL_IGNORE_OUTPUT" in cell.source:
+        if ignored_by_nbval(cell):
             cells.append(None)
             continue
         text = []
