@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sidlib.bhattacharyya import (bhattacharyya_coefficient, bhattacharyya_distance, chi_square_divergence,
+from sidlib.divergences import (bhattacharyya_coefficient, bhattacharyya_distance, chi_square_divergence,
                                   naive_bhattacharyya_distance, renyi_divergence,
                                   squared_hellinger)
 from sidlib.divergences import kl_divergence

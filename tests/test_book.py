@@ -9,8 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sidlib import book
-from sidlib.notebook import ignored_by_nbval
+from sidlib.book import runner as book
+from sidlib.book.notebook import ignored_by_nbval
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -1,4 +1,4 @@
-"""Propositions 2 and 4 (sidlib.descent): bound terms against hand computations, the condition
+"""Propositions 2 and 4 (sidlib.analysis.descent): bound terms against hand computations, the condition
 detector on constructed cases, the samplers, and the trained-cascade helpers on a tiny problem."""
 import math
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from sidlib import descent
+from sidlib.analysis import descent
 from sidlib.divergences import local_minimiser, smoothed_target_log_beliefs
-from sidlib.theory import ideal_cascade, uniform_log_belief
+from sidlib.analysis.theory import ideal_cascade, uniform_log_belief
 
 from helpers import CLASSES, config, tiny_problem
 

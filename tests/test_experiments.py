@@ -5,7 +5,8 @@ import statistics
 import pytest
 
 from helpers import config
-from sidlib import cli, experiments
+from sidlib import cli
+from sidlib.book import experiments
 from sidlib.config import TrainConfig
 
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from sidlib.gaussian_chain import (LinearGaussian, exact_posterior, gaussian_kl, gaussian_log_density, kl_budget_slack,
+from sidlib.analysis.gaussian_chain import (LinearGaussian, exact_posterior, gaussian_kl, gaussian_log_density, kl_budget_slack,
                                    kl_terms, layerwise_elbos, log_evidence, marginals, model_marginal_heads,
                                    monotone_predictive_gain, monte_carlo_network_elbo, network_elbo, perturbed,
                                    predictive_terms, random_chain, random_covariance, random_linear_gaussian,

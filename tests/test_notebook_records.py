@@ -9,8 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sidlib import book
-from sidlib.notebook import (GLUE_MIME, allowed_gap, RecordError, check_cell, check_records, fixed, ignored_by_nbval,
+from sidlib.book import runner as book
+from sidlib.book.notebook import (GLUE_MIME, allowed_gap, RecordError, check_cell, check_records, fixed, ignored_by_nbval,
                              load_tolerances, notebook_records, recorded, tolerance_for)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,12 +101,12 @@ def test_the_nbval_hook_fails_a_cell_whose_record_moved(tmp_path):
     """End to end: nbval plus sidlib's plugin on a notebook whose committed record differs."""
     (tmp_path / "tolerances.yml").write_text("toy:\n  value:\n    tolerance: 0.1\n    why: a test of the hook itself\n")
     for committed_value, expect_pass in ((1.05, True), (1.5, False)):
-        cell = nbformat.v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nfrom sidlib.notebook import record\nrecord('value', 1.0)",
+        cell = nbformat.v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nfrom sidlib.book.notebook import record\nrecord('value', 1.0)",
                                          execution_count=1)
         cell.outputs = [nbformat.from_dict(glue_output("value", committed_value))]
         notebook = tmp_path / "toy.ipynb"
         nbformat.write(nbformat.v4.new_notebook(cells=[cell]), notebook)
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "sidlib.nbval_plugin",
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "sidlib.book.nbval_plugin",
                                "--nbval", "--nbval-current-env", str(notebook)], capture_output=True, text=True,
                               cwd=tmp_path, env={**os.environ, "SIDLIB_TOLERANCES": str(tmp_path / "tolerances.yml")},
                               timeout=300)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from helpers import config, grads, no_autocast, tiny_problem
-from sidlib import bench, profiling
+from sidlib import bench
+from sidlib.analysis import profiling
 from sidlib.divergences import smoothed_target_log_beliefs
 from sidlib.methods import bp, sid
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sidlib.projections import (distortions, gaussian_channel_information, gaussian_projection, jl_dimension,
+from sidlib.analysis.projections import (distortions, gaussian_channel_information, gaussian_projection, jl_dimension,
                                 jl_epsilon, max_distortion, monte_carlo_gaussian_information,
                                 pairwise_squared_distances, single_pair_failure_probability, union_bound_dimension)
 

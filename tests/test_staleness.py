@@ -4,7 +4,7 @@ import torch
 
 from helpers import CLASSES, config, tiny_problem
 from sidlib import data as datasets
-from sidlib import staleness
+from sidlib.analysis import staleness
 from sidlib.divergences import smoothed_target_log_beliefs
 
 ALPHA = 0.3

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .bench import SavedTensorMeter
-from .divergences import sid_objective, smoothed_target_log_beliefs
-from .methods.sid import teacher_logits
+from ..bench import SavedTensorMeter
+from ..divergences import sid_objective, smoothed_target_log_beliefs
+from ..methods.sid import teacher_logits
 
 
 @dataclass

@@ -12,7 +12,7 @@ Two kinds of output (README, "What `make test` proves, on any machine"):
   cite it as ``{glue:text}`name:.2f```) in a cell marked ``# NBVAL_IGNORE_OUTPUT``; the test suite
   (``conftest.py``) compares every recorded value with the committed one within the tolerance
   that ``notebooks/tolerances.yml`` states and justifies from measured spread
-  (``python -m sidlib.book spread`` measures it; ``sidlib/nbval_plugin.py`` checks it).
+  (``python -m sidlib.book spread`` measures it; ``sidlib/book/nbval_plugin.py`` checks it).
 
 Timings are neither: clock readings depend on the machine and its load, so they are shown in
 ``# NBVAL_IGNORE_OUTPUT`` cells and not compared with anything.
@@ -29,7 +29,7 @@ import yaml
 GLUE_MIME = "application/papermill.record/text/plain"  # what myst_nb.glue(..., display=False) writes
 IGNORE_TAG = "nbval-ignore-output"
 # The tolerances the checks use ($SIDLIB_TOLERANCES overrides it, for tests of the checks themselves).
-TOLERANCES = Path(os.environ.get("SIDLIB_TOLERANCES", Path(__file__).resolve().parent.parent / "notebooks" / "tolerances.yml"))
+TOLERANCES = Path(os.environ.get("SIDLIB_TOLERANCES", Path(__file__).resolve().parents[2] / "notebooks" / "tolerances.yml"))
 
 
 class RecordError(AssertionError):

@@ -133,9 +133,9 @@ def measure_spread(notebook: Path, seeds: list[int], label: str, out: Path, log=
 
     import torch
 
-    from .io import write_json
+    from ..io import write_json
     from .notebook import notebook_records
-    from .train import cpu_model
+    from ..train import cpu_model
 
     notebook = Path(notebook).resolve()
     declared = declared_parameters(notebook)
@@ -234,6 +234,3 @@ def main(argv=None) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,10 +10,10 @@ import statistics
 from dataclasses import fields, replace
 from pathlib import Path
 
-from . import data as datasets
-from .config import TrainConfig
-from .io import write_json
-from .train import train
+from .. import data as datasets
+from ..config import TrainConfig
+from ..io import write_json
+from ..train import train
 
 
 def cli_command(config: TrainConfig) -> str:

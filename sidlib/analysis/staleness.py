@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad, jvp, vjp
 
-from .divergences import sid_objective
-from .methods.sid import teacher_logits
+from ..divergences import sid_objective
+from ..methods.sid import teacher_logits
 
 
 @dataclass
@@ -251,8 +251,8 @@ def train_sid_briefly(model, data, steps: int, batch_size: int, config, optimize
     returned optimizer back in to continue the same run. Returns (summed local losses, optimizer)."""
     import contextlib
 
-    from .methods import sid
-    from .train import make_optimizer
+    from ..methods import sid
+    from ..train import make_optimizer
 
     generator = generator or torch.Generator().manual_seed(0)
     optimizer = optimizer or make_optimizer(model, config.lr)

@@ -2,9 +2,9 @@
 
 nbval compares each cell's text with the committed outputs. Numbers from trained networks are
 exempt from that (their cells are marked ``# NBVAL_IGNORE_OUTPUT``) and are recorded instead
-(``sidlib.notebook.record``); after nbval has run such a cell, this hook compares the numbers it
+(``sidlib.book.notebook.record``); after nbval has run such a cell, this hook compares the numbers it
 recorded with the committed ones within ``notebooks/tolerances.yml`` and fails the cell if one
-is off. Loaded by the repository's ``conftest.py``; elsewhere ``pytest -p sidlib.nbval_plugin --nbval``.
+is off. Loaded by the repository's ``conftest.py``; elsewhere ``pytest -p sidlib.book.nbval_plugin --nbval``.
 """
 from pathlib import Path
 

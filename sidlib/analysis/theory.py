@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from .divergences import local_minimiser, sid_objective
+from ..divergences import local_minimiser, sid_objective
 
 
 def uniform_log_belief(rows: int, num_classes: int, dtype=torch.float64) -> Tensor:

@@ -1,0 +1,10 @@
+"""The claim-checking tools: each module turns a proposition or theorem of the papers into
+computations a notebook can assert on.
+
+theory          ideal SID cascades, numerical minimisation (SID Lemma 1, Proposition 1)
+descent         descent bounds and their terms, trained-cascade statistics (SID Propositions 2, 4)
+profiling       per-stage step costs and the projected speed-up over P devices (SID Proposition 3)
+staleness       gradient error from stale teachers (SID Proposition 5)
+gaussian_chain  exact ELBOs of linear-Gaussian chains (SLL Theorem 1)
+projections     random projections, distortion and Gaussian mutual information (SLL Theorem 2)
+"""
