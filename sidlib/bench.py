@@ -1,4 +1,4 @@
-"""Measure a training step: its time, and the peak bytes autograd holds in saved tensors.
+"""Measure a training step: its time, its stages' times, and the peak bytes autograd holds in saved tensors.
 
 Saved tensors are what backpropagation keeps from the forward pass (activation memory).
 ``SavedTensorMeter`` counts them through ``torch.autograd.graph.saved_tensors_hooks``, so
@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -17,9 +18,45 @@ import torch
 from .config import TrainConfig
 from .data import DATASETS
 from .methods import METHODS
-from .models import build_model
+from .models import BeliefCascade, build_model
 from .perf import keep_freed_memory
 from .train import autocast_for, make_optimizer, memory_format_for
+
+
+def synchronized_time(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class StageClock:
+    """The ``clock`` a method's step marks its stages with (``sidlib.methods.stages``), timing each.
+
+    ``times[stage]`` is the stage's seconds in the last step, or for an indexed stage the list of
+    its seconds by index. The device is synchronised at every boundary, so each stage is timed on
+    its own (as the SID paper's appendix B.3 times them), not overlapped with its neighbours.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.times: dict[str, float | dict[int, float]] = {}
+
+    @contextmanager
+    def __call__(self, stage: str, index: int | None = None):
+        started = synchronized_time(self.device)
+        yield
+        elapsed = synchronized_time(self.device) - started
+        if index is None:
+            self.times[stage] = self.times.get(stage, 0.0) + elapsed
+        else:
+            self.times.setdefault(stage, {})[index] = elapsed
+
+    def reset(self) -> dict[str, float | list[float]]:
+        """The stage times of the step just run (indexed stages as lists), and a clean clock."""
+        out = {stage: [t[i] for i in sorted(t)] if isinstance(t, dict) else t for stage, t in self.times.items()}
+        self.times = {}
+        return out
 
 
 class SavedTensorMeter:
@@ -73,7 +110,8 @@ class _Saved:
 def _setup(config: TrainConfig, batch_size: int, device: torch.device):
     info = DATASETS[config.dataset]
     torch.manual_seed(config.seed)
-    model = build_model(config.model, info.input_shape, info.num_classes, config.depth)
+    model = build_model(config.model, info.input_shape, info.num_classes, config.depth, config.head)
+    METHODS[config.method].prepare(model, config)
     fmt = memory_format_for(model)
     model.to(device=device, memory_format=fmt)
     optimizer = make_optimizer(model, config.lr)
@@ -100,6 +138,8 @@ def peak_saved_bytes(config: TrainConfig, batch_size: int, device: torch.device)
 def module_saved_bytes(config: TrainConfig, batch_size: int, device: torch.device) -> int:
     """Saved-tensor bytes of one refinement module's forward pass: the unit 'one module's worth'."""
     model, _, images, _ = _setup(replace(config, depth=1), batch_size, device)
+    if not isinstance(model, BeliefCascade):
+        raise ValueError(f"{config.model} with a linear head has no refinement modules")
     features = model.extractor(images).detach().requires_grad_()
     belief = model.uniform_belief(features)
     with SavedTensorMeter(exclude=list(model.parameters())) as meter, autocast_for(device, config.precision)():
@@ -117,22 +157,20 @@ def run(depths, methods=("sid", "bp"), batch_size=128, steps=10, warmup=3, base:
     if device.type == "cpu":
         keep_freed_memory()  # as train() does, so the bench times what training sees
     records = []
-    for depth in depths:
-        configs = {m: replace(base, method=m, depth=depth) for m in methods}
+    for depth in depths:  # None: a model without refinement modules, whose depth means nothing
+        configs = {m: replace(base, method=m, depth=base.depth if depth is None else depth) for m in methods}
         setups = {m: _setup(configs[m], batch_size, device) for m in methods}
         autocast = autocast_for(device, base.precision)
         times = {m: [] for m in methods}
         for repeat in range(warmup + steps):
             for m in methods:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                started = time.perf_counter()
+                started = synchronized_time(device)
                 _train_step(configs[m], *setups[m], autocast)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
                 if repeat >= warmup:
-                    times[m].append(time.perf_counter() - started)
+                    times[m].append(synchronized_time(device) - started)
         for m in methods:
-            records.append({"method": m, "depth": depth, "step_seconds": statistics.median(times[m]),
+            records.append({"model": base.model, "method": m, "depth": depth,
+                            "parameters": sum(p.numel() for p in setups[m][0].parameters()),
+                            "step_seconds": statistics.median(times[m]),
                             "peak_saved_bytes": peak_saved_bytes(configs[m], batch_size, device)})
     return records

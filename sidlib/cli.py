@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import bench
@@ -17,7 +18,7 @@ from .divergences import KL_DIRECTIONS
 from .io import check_writable, write_json
 from .methods import METHODS
 from .methods.sid import EXTRACTOR_STRATEGIES
-from .models import MODELS
+from .models import CASCADES, HEADS, MODELS, build_model, parameter_count
 
 EXIT_USAGE = 2
 
@@ -39,8 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one model with one method")
     train.add_argument("--method", choices=list(METHODS), default=d.method)
     train.add_argument("--model", choices=list(MODELS), default=d.model)
+    train.add_argument("--head", choices=HEADS, default=None,
+                       help="linear: the model's classifier; cascade: SID's L refinement modules on its features "
+                            "(default: cascade for simplecnn, linear for the rest)")
     train.add_argument("--dataset", choices=list(DATASETS), default=d.dataset)
-    train.add_argument("--depth", type=int, default=d.depth, help="number of refinement modules L")
+    train.add_argument("--depth", type=int, default=d.depth, help="refinement modules L of a cascade head")
     train.add_argument("--epochs", type=int, default=d.epochs)
     train.add_argument("--batch-size", type=int, default=d.batch_size)
     train.add_argument("--lr", type=float, default=d.lr)
@@ -54,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--label-noise", type=float, default=d.label_noise,
                        help="fraction of training labels moved uniformly to another class")
     train.add_argument("--train-subset", type=int, default=None, help="stratified subset of N training samples")
+    train.add_argument("--test-subset", type=int, default=None, help="stratified subset of N test samples")
     train.add_argument("--data-root", default=None, help="dataset folder (default: $SIDLIB_DATA or data/)")
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--device", choices=DEVICES, default=d.device)
@@ -63,17 +68,23 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    b = commands.add_parser("bench", help="time per step and peak saved-tensor bytes, SID against BP")
+    b = commands.add_parser("bench", help="time per step and peak saved-tensor bytes of each method")
     b.add_argument("--model", choices=list(MODELS), default=d.model)
+    b.add_argument("--head", choices=HEADS, default=None, help="as for train")
     b.add_argument("--dataset", choices=list(DATASETS), default=d.dataset, help="input shape and classes")
-    b.add_argument("--depths", type=int, nargs="+", default=[2, 10, 32])
-    b.add_argument("--methods", choices=list(METHODS), nargs="+", default=["sid", "bp"])
+    b.add_argument("--depths", type=int, nargs="+", default=[2, 10, 32], help="of a cascade head")
+    b.add_argument("--methods", choices=list(METHODS), nargs="+", default=None,
+                   help="default: sid and bp on a cascade head, bp on a linear one")
     b.add_argument("--batch-size", type=int, default=d.batch_size)
     b.add_argument("--steps", type=int, default=10, help="timed steps per method and depth (median reported)")
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--device", choices=DEVICES, default=d.device)
     b.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     b.add_argument("--json", action="store_true", help="print the records as JSON")
+
+    m = commands.add_parser("models", help="every model: its blocks and parameter counts for one dataset")
+    m.add_argument("--dataset", choices=list(DATASETS), default=d.dataset, help="input shape and classes")
+    m.add_argument("--depth", type=int, default=d.depth, help="refinement modules of the cascade head")
     return parser
 
 
@@ -108,42 +119,80 @@ def _train(args) -> int:
 
 
 def _bench(args) -> int:
-    config = TrainConfig(model=args.model, dataset=args.dataset, device=args.device,
-                         precision=args.precision).validate()
+    base = TrainConfig(model=args.model, head=args.head, dataset=args.dataset, device=args.device,
+                       precision=args.precision)
+    cascade = base.resolved_head() == "cascade"
+    methods = args.methods or (["sid", "bp"] if cascade else ["bp"])
+    for method in methods:
+        replace(base, method=method).validate()
     for name in ("batch_size", "steps"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if min(args.depths) < 1:
         raise ConfigError("--depths must all be at least 1")
-    device = config.resolved_device()
-    records = bench.run(args.depths, args.methods, args.batch_size, args.steps, args.warmup, config, device)
+    depths = args.depths if cascade else [None]
+    device = base.resolved_device()
+    records = bench.run(depths, methods, args.batch_size, args.steps, args.warmup, base, device)
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
-    module_bytes = bench.module_saved_bytes(config, args.batch_size, device)
-    print(f"{config.model} on {config.dataset}-shaped input, batch {args.batch_size}, {device}, "
-          f"{config.precision}; median of {args.steps} steps; one module's saved tensors: "
-          f"{module_bytes / 2**20:.3f} MiB")
-    print(f"{'depth':>5} {'method':>6} {'step ms':>9} {'peak saved MiB':>15} {'time / bp':>9}")
+    shape = "x".join(map(str, DATASETS[base.dataset].input_shape))
+    print(f"{base.model} ({base.resolved_head()} head) on {base.dataset}-shaped input ({shape}), batch "
+          f"{args.batch_size}, {device}, {base.precision}; median of {args.steps} steps")
+    if cascade:
+        module_bytes = bench.module_saved_bytes(base, args.batch_size, device)
+        print(f"one module's saved tensors: {module_bytes / 2**20:.3f} MiB")
+    print(f"{'depth':>5} {'method':>6} {'parameters':>12} {'step ms':>9} {'peak saved MiB':>15} {'time / bp':>9}")
     by_key = {(r["method"], r["depth"]): r for r in records}
     for r in records:
         bp = by_key.get(("bp", r["depth"]))
         ratio = f"{r['step_seconds'] / bp['step_seconds']:.3f}" if bp else "-"
-        print(f"{r['depth']:>5} {r['method']:>6} {1000 * r['step_seconds']:>9.2f} "
+        depth = "-" if r["depth"] is None else r["depth"]
+        print(f"{depth:>5} {r['method']:>6} {r['parameters']:>12,} {1000 * r['step_seconds']:>9.2f} "
               f"{r['peak_saved_bytes'] / 2**20:>15.3f} {ratio:>9}")
-    lo, hi = min(args.depths), max(args.depths)
-    if lo != hi:
-        for m in args.methods:
+    lo, hi = min(depths, key=lambda x: x or 0), max(depths, key=lambda x: x or 0)
+    if cascade and lo != hi:
+        for m in methods:
             growth = by_key[(m, hi)]["peak_saved_bytes"] - by_key[(m, lo)]["peak_saved_bytes"]
             print(f"{m}: peak saved bytes grow by {growth / module_bytes:.1f} modules' worth "
                   f"from depth {lo} to {hi}")
     return 0
 
 
+def _models(args) -> int:
+    import torch
+
+    if args.depth < 1:
+        raise ConfigError("--depth must be at least 1")
+    info = DATASETS[args.dataset]
+    shape = "x".join(map(str, info.input_shape))
+    print(f"{args.dataset} ({shape}, {info.num_classes} classes); cascade head: {args.depth} refinement modules")
+    print(f"{'model':<18} {'blocks':>6} {'linear head':>13} {'cascade head':>13}")
+    for name in MODELS:
+        counts = {}
+        for head in HEADS:
+            try:
+                with torch.device("meta"):  # shapes and counts only, nothing allocated
+                    model = build_model(name, info.input_shape, info.num_classes, args.depth, head)
+            except ValueError:
+                counts[head] = "-"
+                continue
+            counts[head] = f"{parameter_count(model):,}"
+            blocks = len(model.blocks) if head == "linear" or name in CASCADES else blocks
+        if counts["linear"] == counts["cascade"] == "-":
+            print(f"{name:<18} {'(does not take this input)':>34}")
+            continue
+        print(f"{name:<18} {blocks:>6} {counts['linear']:>13} {counts['cascade']:>13}")
+    return 0
+
+
+COMMANDS = {"train": _train, "bench": _bench, "models": _models}
+
+
 def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return _train(args) if args.command == "train" else _bench(args)
+        return COMMANDS[args.command](args)
     except (UsageError, ConfigError, DataUnavailable) as error:
         print(f"sidlib: error: {error}", file=sys.stderr)
         return EXIT_USAGE

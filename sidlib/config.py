@@ -10,7 +10,7 @@ from .data import DATASETS
 from .divergences import KL_DIRECTIONS
 from .methods import METHODS
 from .methods.sid import EXTRACTOR_STRATEGIES
-from .models import MODELS
+from .models import HEADS, MODELS, build_model, default_head
 
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -25,8 +25,9 @@ class ConfigError(ValueError):
 class TrainConfig:
     method: str = "sid"
     model: str = "simplecnn"
+    head: str | None = None  # None: the model's own (cascade for the SimpleCNN, linear for the rest)
     dataset: str = "fashion-mnist"
-    depth: int = 10
+    depth: int = 10  # refinement modules of a cascade head
     epochs: int = 1
     batch_size: int = 128
     lr: float = 1e-3
@@ -37,6 +38,7 @@ class TrainConfig:
     schedule: str = "constant"
     label_noise: float = 0.0
     train_subset: int | None = None
+    test_subset: int | None = None
     data_root: str | None = None
     seed: int = 0
     device: str = "auto"
@@ -54,6 +56,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"unknown --{name} {value!r}; choose one of: {', '.join(allowed)}")
+        if self.head is not None and self.head not in HEADS:
+            raise ConfigError(f"unknown --head {self.head!r}; choose one of: {', '.join(HEADS)}")
         for name in ("depth", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -65,14 +69,35 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.label_noise < 1:
             raise ConfigError(f"--label-noise must lie in [0, 1), got {self.label_noise}")
-        train_size = DATASETS[self.dataset].train_size
-        if self.train_subset is not None and not 1 <= self.train_subset <= train_size:
-            raise ConfigError(f"--train-subset must be between 1 and {train_size} "
-                              f"(the size of {self.dataset}'s training set), got {self.train_subset}")
+        info = DATASETS[self.dataset]
+        for name, size in (("train", info.train_size), ("test", info.test_size)):
+            subset = getattr(self, f"{name}_subset")
+            if subset is not None and not 1 <= subset <= size:
+                raise ConfigError(f"--{name}-subset must be between 1 and {size} "
+                                  f"(the size of {self.dataset}'s {name} set), got {subset}")
+        self.check_model(info.input_shape, info.num_classes)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but CUDA is not available here; "
                               "use --device cpu or --device auto")
         return self
+
+    def resolved_head(self) -> str:
+        return self.head or default_head(self.model)
+
+    def check_model(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        """Raise ConfigError if the model cannot take this input or the method cannot train it.
+        The model is built on the meta device: its shapes are checked, nothing is allocated."""
+        head = self.resolved_head()
+        try:
+            with torch.device("meta"):
+                build_model(self.model, input_shape, num_classes, self.depth, self.head)
+        except ValueError as error:
+            raise ConfigError(f"--model {self.model} on {self.dataset}: {error}") from None
+        method = METHODS[self.method]
+        if head not in method.heads:
+            fix = ("add --head cascade to train SID's refinement modules on this backbone" if "cascade" in method.heads
+                   else f"use --head {method.heads[0]}")
+            raise ConfigError(f"--method {self.method} cannot train {self.model} with a {head} head; {fix}")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

@@ -227,13 +227,18 @@ def load_raw(name: str, root: Path | None = None) -> tuple[Tensor, Tensor, Tenso
 
 
 def load(name: str, root: Path | None = None, device: str | torch.device = "cpu",
-         train_subset: int | None = None, label_noise: float = 0.0, noise_seed: int = 0) -> Data:
-    """Load a dataset onto ``device``, optionally a stratified training subset with label noise."""
+         train_subset: int | None = None, label_noise: float = 0.0, noise_seed: int = 0,
+         test_subset: int | None = None) -> Data:
+    """Load a dataset onto ``device``, optionally a stratified training subset with label noise
+    and a stratified test subset (for quick checks of large models)."""
     info = DATASETS[name] if name in DATASETS else None
     train_x, train_y, test_x, test_y = load_raw(name, root)
     if train_subset is not None:
         keep = stratified_subset(train_y, train_subset, info.num_classes)
         train_x, train_y = train_x[keep], train_y[keep]
+    if test_subset is not None:
+        keep = stratified_subset(test_y, test_subset, info.num_classes)
+        test_x, test_y = test_x[keep], test_y[keep]
     if label_noise > 0:
         train_y = add_label_noise(train_y, label_noise, info.num_classes, noise_seed)
     # Normalisation statistics from the training images actually used, per channel.

@@ -2,8 +2,8 @@
 
 Adam, a constant or cosine learning rate (annealed per step), evaluation after each epoch,
 a checkpoint written atomically after each epoch, exact resume, and a stop on a non-finite
-loss that keeps the last good checkpoint. A method only supplies ``step`` (see
-``sidlib.methods``). On the CPU, seeded runs are bitwise reproducible.
+loss that keeps the last good checkpoint. A method supplies its ``step`` and, if it needs them,
+``prepare`` and ``predict`` (see ``sidlib.methods``). On the CPU, seeded runs are bitwise reproducible.
 """
 from __future__ import annotations
 
@@ -81,15 +81,16 @@ def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model, data: datasets.Data, autocast=contextlib.nullcontext) -> float:
-    """Test accuracy in percent."""
+def evaluate(model, data: datasets.Data, autocast=contextlib.nullcontext, predict=None) -> float:
+    """Test accuracy in percent, of ``predict(model, images) -> logits`` (default: ``model(images)``)."""
+    predict = predict or (lambda net, images: net(images))
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=data.test_labels.device)
     fmt = memory_format_for(model)
     for start in range(0, len(data.test_labels), EVAL_BATCH):
         images = data.prepare(data.test_images[start:start + EVAL_BATCH]).contiguous(memory_format=fmt)
         with autocast():
-            logits = model(images)
+            logits = predict(model, images)
         correct += (logits.argmax(1) == data.test_labels[start:start + EVAL_BATCH]).sum()
     model.train()
     return 100.0 * correct.item() / len(data.test_labels)
@@ -152,10 +153,12 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
         keep_freed_memory()
     if data is None:
         data = datasets.load(config.dataset, config.data_root, device, config.train_subset,
-                             config.label_noise, noise_seed=config.seed)
+                             config.label_noise, noise_seed=config.seed, test_subset=config.test_subset)
 
     torch.manual_seed(config.seed)
-    model = build_model(config.model, data.info.input_shape, data.info.num_classes, config.depth)
+    model = build_model(config.model, data.info.input_shape, data.info.num_classes, config.depth, config.head)
+    method = METHODS[config.method]
+    method.prepare(model, config)  # before the optimiser, so what it attaches is trained and saved
     fmt = memory_format_for(model)
     model.to(device=device, memory_format=fmt)
     optimizer = make_optimizer(model, config.lr)
@@ -174,7 +177,6 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
         history, start_epoch = checkpoint["history"], checkpoint["epoch"]
         train_seconds = sum(record["epoch_seconds"] for record in history)
 
-    method = METHODS[config.method]
     autocast = autocast_for(device, config.precision)
     model.train()
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -204,7 +206,7 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
         epoch_seconds = time.perf_counter() - started
         train_seconds += epoch_seconds
         started = time.perf_counter()
-        test_acc = evaluate(model, data, autocast)
+        test_acc = evaluate(model, data, autocast, method.predict)
         record = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "test_acc": test_acc,
                   "epoch_seconds": epoch_seconds, "eval_seconds": time.perf_counter() - started,
                   "lr": optimizer.param_groups[0]["lr"]}

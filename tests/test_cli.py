@@ -40,7 +40,7 @@ def test_bench_json(tmp_path):
     assert done.returncode == 0, done.stderr
     records = json.loads(done.stdout)
     assert len(records) == 4
-    assert all(set(r) == {"method", "depth", "step_seconds", "peak_saved_bytes"} for r in records)
+    assert all(set(r) == {"model", "method", "depth", "parameters", "step_seconds", "peak_saved_bytes"} for r in records)
 
 
 BAD = {
@@ -61,6 +61,11 @@ BAD = {
     "subset zero": (["--train-subset", "0"], "--train-subset"),
     "subset too big": (["--train-subset", "2001"], "--train-subset"),
     "not a number": (["--lr", "fast"], "--lr"),
+    "test subset too big": (["--test-subset", "501"], "--test-subset"),
+    "sid on a linear head": (["--method", "sid", "--model", "vgg11"], "--head cascade"),
+    "image model on 1-D data": (["--model", "resnet18", "--dataset", "mnist1d"], "--model resnet18"),
+    "simplecnn has no linear head": (["--head", "linear"], "no linear head"),
+    "unknown head": (["--head", "mlp"], "--head"),
 }
 
 

@@ -1,16 +1,17 @@
-"""Proposition 3's projection model against hand computations, and the stage-by-stage steps against
-the real training steps."""
+"""Proposition 3's projection model against hand computations, and the stage timing of the real
+training steps (which must not change what they compute)."""
 import math
 from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers import config, grads, no_autocast, tiny_problem
 from sidlib import bench
 from sidlib.analysis import profiling
-from sidlib.divergences import smoothed_target_log_beliefs
-from sidlib.methods import bp, sid
+from sidlib.methods import METHODS, bp
+from sidlib.models import build_model
 
 
 def costs(method, forward, backward, extractor=(0.0, 0.0), teacher=0.0):
@@ -69,53 +70,54 @@ def test_proposition_3_limit_one_device_per_module():
     assert t_sid == pytest.approx(sum(forward) + max(backward))
 
 
-def test_bp_split_by_module_leaves_the_gradients_of_the_real_step():
+def test_bp_on_a_cascade_cut_at_module_boundaries_is_plain_backprop_bit_for_bit():
     model, images, labels = tiny_problem(depth=4)
-    bp.step(model, images, labels, config(method="bp", label_smoothing=0.1), no_autocast)
+    loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+    loss.backward()
     expected = grads(model)
     model.zero_grad(set_to_none=True)
-    stages = profiling.bp_step_by_module(model, images, labels, 0.1, torch.device("cpu"))
+    staged = bp.step(model, images, labels, config(method="bp", label_smoothing=0.1), no_autocast)
+    assert torch.equal(staged, loss.detach())
     for name, g in grads(model).items():
-        torch.testing.assert_close(g, expected[name], rtol=1e-5, atol=1e-7, msg=name)
-    assert len(stages["module_forward"]) == len(stages["module_backward"]) == 4
+        assert torch.equal(g, expected[name]), name
 
 
-@pytest.mark.parametrize("kl,smoothing", [("forward", 0.0), ("reverse", 0.1)])
-def test_sid_split_by_module_leaves_the_gradients_of_the_real_step(kl, smoothing):
+@pytest.mark.parametrize("method,kl,smoothing", [("bp", "forward", 0.1), ("sid", "forward", 0.0), ("sid", "reverse", 0.1)])
+def test_timing_the_stages_changes_no_gradient(method, kl, smoothing):
     model, images, labels = tiny_problem(depth=3)
-    cfg = config(kl=kl, label_smoothing=smoothing, alpha=0.3)
-    sid.step(model, images, labels, cfg, no_autocast)
+    cfg = config(method=method, kl=kl, label_smoothing=smoothing, alpha=0.3)
+    step = METHODS[method].step
+    step(model, images, labels, cfg, no_autocast)
     expected = grads(model)
     model.zero_grad(set_to_none=True)
-    profiling.sid_step_by_module(model, images, labels, 0.3, kl, smoothing, torch.device("cpu"))
+    clock = bench.StageClock(torch.device("cpu"))
+    step(model, images, labels, cfg, no_autocast, clock)
     for name, g in grads(model).items():
-        torch.testing.assert_close(g, expected[name], rtol=1e-5, atol=1e-7, msg=name)
-
-
-def test_local_loss_is_the_training_loss():
-    model, images, labels = tiny_problem(depth=3)
-    cfg = config(kl="reverse", label_smoothing=0.1, alpha=0.4)
-    features = model.extractor(images).detach()
-    teachers = sid.teacher_logits(model, features)
-    log_target = smoothed_target_log_beliefs(labels, 10, 0.1)
-    expected = sid.local_losses(model, features, teachers, log_target, cfg, no_autocast, backward=False)
-    for block, teacher, loss in zip(model.blocks, teachers, expected):
-        torch.testing.assert_close(profiling.local_loss(block, teacher, features, log_target, 0.4, "reverse"), loss)
+        assert torch.equal(g, expected[name]), name
+    times = clock.reset()
+    stages = {"extractor_forward", "module_forward", "module_backward", "extractor_backward"}
+    assert set(times) == (stages | {"teacher_pass"} if method == "sid" else stages)
+    assert len(times["module_forward"]) == len(times["module_backward"]) == 3
+    assert clock.times == {}
 
 
 def test_measured_costs_are_positive_and_shaped():
     model, images, labels = tiny_problem(depth=3, batch=8)
+    cfg = config(label_smoothing=0.1)
     for method in ("bp", "sid"):
-        c = profiling.measure_costs(method, model, images, labels, repeats=2, warmup=0, label_smoothing=0.1)
+        c = profiling.measure_costs(method, model, images, labels, cfg, repeats=2, warmup=0)
         profiling.check_costs(c)
         assert c.depth == 3 and len(c.module_backward) == 3 and len(c.samples["module_forward"]) == 2
         assert all(math.isfinite(v) for v in c.module_forward)
         assert c.extractor_forward == min(c.samples["extractor_forward"])
+        assert (c.teacher_pass > 0) == (method == "sid")
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError):
         profiling.check_costs(costs("bp", [1e-3, 0.0], [1e-3, 1e-3], extractor=(1.0, 1.0)))
     with pytest.raises(ValueError):
-        profiling.measure_costs("sll", model, images, labels)
+        profiling.measure_costs("sll", model, images, labels, cfg)
+    with pytest.raises(ValueError, match="cascade"):
+        profiling.measure_costs("bp", build_model("mlp-2x800", (1, 12, 12), 10), images, labels, cfg)
 
 
 def test_memory_model_of_proposition_3_on_the_simplecnn():

@@ -1,4 +1,6 @@
 """The training loop: learning, determinism, exact resume, non-finite losses."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -73,7 +75,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         loss = real_step(*args)
         return loss * float("nan") if calls["n"] == steps_per_epoch + 2 else loss
 
-    monkeypatch.setattr(METHODS["sid"], "step", poisoned)
+    monkeypatch.setitem(METHODS, "sid", replace(METHODS["sid"], step=poisoned))
     with pytest.raises(NonFiniteLoss, match="epoch 2.*last good checkpoint \\(epoch 1\\)"):
         train(config(depth=2, epochs=3, train_subset=500), checkpoint_dir=tmp_path)
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["epoch"] == 1

@@ -17,28 +17,24 @@ the paper's proposition does (modules only), with the extractor's forward and ba
 both methods (in sequence: its backward needs the feature gradients of every module), and as
 the appendix's formula reads (see ``ACCOUNTINGS``).
 
-The stages are timed on one device, each on its own, as the paper's appendix B.3 describes:
-``bp_step_by_module`` splits a BP step at module boundaries (detached leaves between modules,
-gradients handed back by hand, which is exactly the chain rule autograd would apply), and
-``sid_step_by_module`` times the feature computation, the gradient-free teacher pass, and each
-module's local forward and backward in isolation; ``measure_costs`` repeats them and summarises.
-Both leave the same gradients as
-``sidlib.methods.bp.step`` and ``sidlib.methods.sid.step`` (tests/test_profiling.py checks it).
+The stages are timed on one device, each on its own, as the paper's appendix B.3 describes, and
+they are the training steps themselves: ``measure_costs`` runs ``sidlib.methods.bp.step`` (which
+cuts BP at module boundaries) and ``sidlib.methods.sid.step`` with a ``sidlib.bench.StageClock``
+that times the stages each step marks, repeats them and summarises.
 """
 from __future__ import annotations
 
 import math
 import statistics
-import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..bench import SavedTensorMeter
-from ..divergences import sid_objective, smoothed_target_log_beliefs
-from ..methods.sid import teacher_logits
+from ..bench import SavedTensorMeter, StageClock
+from ..methods import METHODS
+from ..models import BeliefCascade
 
 
 @dataclass
@@ -145,12 +141,6 @@ def projected_speedup(bp: StepCosts, sid: StepCosts, devices: int, accounting: s
 
 # ---------------------------------------------------------------- measuring the stages
 
-def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 SUMMARIES = {"min": min, "median": statistics.median}
 
 
@@ -165,101 +155,29 @@ def _summarise(samples: dict[str, list], summary: str) -> dict[str, float | list
     return out
 
 
-def bp_step_by_module(model, images: Tensor, labels: Tensor, label_smoothing: float,
-                      device: torch.device) -> dict[str, float | list[float]]:
-    """One BP step (the gradients of ``sidlib.methods.bp.step``), timed stage by stage.
-
-    Each module's input belief and the features are detached leaves; the backward runs from the
-    loss module by module, handing each input's gradient to the previous module's output, then
-    once through the extractor with the features' accumulated gradient.
-    """
-    t0 = _clock(device)
-    features = model.extractor(images)
-    t1 = _clock(device)
-    leaf = features.detach().requires_grad_()
-    belief = model.uniform_belief(leaf)
-    inputs, outputs, forward = [], [], []
-    for i, block in enumerate(model.blocks):
-        start = _clock(device)
-        if i > 0:
-            belief = belief.detach().requires_grad_()
-        logits = block(belief, leaf)
-        if i == model.depth - 1:
-            output = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        else:
-            output = torch.softmax(logits, dim=1)
-        forward.append(_clock(device) - start)
-        inputs.append(belief)
-        outputs.append(output)
-        belief = output
-    backward = [0.0] * model.depth
-    grad = None
-    for i in reversed(range(model.depth)):
-        start = _clock(device)
-        outputs[i].backward(grad)
-        grad = inputs[i].grad if i > 0 else None
-        backward[i] = _clock(device) - start
-    t2 = _clock(device)
-    features.backward(leaf.grad)
-    t3 = _clock(device)
-    return {"extractor_forward": t1 - t0, "extractor_backward": t3 - t2,
-            "module_forward": forward, "module_backward": backward}
-
-
-def local_loss(block, teacher: Tensor, features: Tensor, log_target: Tensor, alpha: float, kl: str) -> Tensor:
-    """Module i's SID loss from its cached teacher logits (as in ``sidlib.methods.sid.local_losses``):
-    mean over the batch of J_i(q_i) with q_i = softmax(f_i(softmax(teacher), h))."""
-    logits = block(torch.softmax(teacher, dim=1), features)
-    return sid_objective(torch.log_softmax(logits, dim=1), torch.log_softmax(teacher, dim=1), log_target,
-                         alpha, kl).mean()
-
-
-def sid_step_by_module(model, images: Tensor, labels: Tensor, alpha: float, kl: str, label_smoothing: float,
-                       device: torch.device) -> dict[str, float | list[float]]:
-    """One SID step (extractor strategy ``all``; the gradients of ``sidlib.methods.sid.step``), timed
-    stage by stage: features with gradients, the gradient-free teacher pass, then each module's local
-    forward and backward on its own, then the extractor's backward."""
-    t0 = _clock(device)
-    features = model.extractor(images)
-    t1 = _clock(device)
-    teachers = teacher_logits(model, features.detach())
-    t2 = _clock(device)
-    log_target = smoothed_target_log_beliefs(labels, model.num_classes, label_smoothing)
-    leaf = features.detach().requires_grad_()
-    forward, backward = [], []
-    for block, teacher in zip(model.blocks, teachers):
-        start = _clock(device)
-        loss = local_loss(block, teacher, leaf, log_target, alpha, kl)
-        middle = _clock(device)
-        loss.backward()
-        forward.append(middle - start)
-        backward.append(_clock(device) - middle)
-    t3 = _clock(device)
-    features.backward(leaf.grad)
-    t4 = _clock(device)
-    return {"extractor_forward": t1 - t0, "teacher_pass": t2 - t1, "extractor_backward": t4 - t3,
-            "module_forward": forward, "module_backward": backward}
-
-
-def measure_costs(method: str, model, images: Tensor, labels: Tensor, repeats: int = 5, warmup: int = 1,
-                  alpha: float = 0.5, kl: str = "forward", label_smoothing: float = 0.0,
+def measure_costs(method: str, model, images: Tensor, labels: Tensor, config, repeats: int = 5, warmup: int = 1,
                   summary: str = "min") -> StepCosts:
     """Stage times of ``repeats`` training steps of ``method`` ("bp" or "sid") after ``warmup`` untimed
     ones, each stage summarised over the repeats by ``summary``. The default, the minimum, estimates
     the cost of the computation itself: on a shared machine interruptions only ever add time.
-    Gradients are cleared between steps; parameters are not updated (timing only)."""
+
+    The steps are the methods' own (``sidlib.methods.bp.cascade_step``, ``sidlib.methods.sid.step``),
+    run with a ``StageClock`` that times the stages they mark; ``config`` supplies their options
+    (alpha, KL direction, label smoothing, extractor strategy). Gradients are cleared between
+    steps; parameters are not updated (timing only). ``model`` must be a belief cascade."""
     if summary not in SUMMARIES:
         raise ValueError(f"unknown summary {summary!r}; choose from {tuple(SUMMARIES)}")
-    device = images.device
+    if method not in ("bp", "sid"):
+        raise ValueError(f"unknown method {method!r}; choose 'bp' or 'sid'")
+    if not isinstance(model, BeliefCascade):
+        raise ValueError("Proposition 3's stages are those of a belief cascade; build the model with head='cascade'")
+    clock = StageClock(images.device)
+    step = METHODS[method].step
     samples: dict[str, list] = {}
     for repeat in range(warmup + repeats):
         model.zero_grad(set_to_none=True)
-        if method == "bp":
-            stages = bp_step_by_module(model, images, labels, label_smoothing, device)
-        elif method == "sid":
-            stages = sid_step_by_module(model, images, labels, alpha, kl, label_smoothing, device)
-        else:
-            raise ValueError(f"unknown method {method!r}; choose 'bp' or 'sid'")
+        step(model, images, labels, config, nullcontext, clock)
+        stages = clock.reset()
         if repeat >= warmup:
             for name, value in stages.items():
                 samples.setdefault(name, []).append(value)

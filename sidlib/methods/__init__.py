@@ -1,6 +1,55 @@
-"""Training methods by name. A method is one module with
-``step(model, images, labels, config, autocast) -> loss``: it leaves the gradients of one
-minibatch in ``.grad`` and returns the detached loss; the training loop does the rest."""
-from . import bp, sid
+"""Training methods by name: one file per method, each a module with this protocol.
 
-METHODS = {"bp": bp, "sid": sid}
+Must define
+    step(model, images, labels, config, autocast, clock=untimed) -> loss
+        leave one minibatch's gradients in ``.grad`` and return the detached loss; the training
+        loop (``sidlib.train``) then takes the optimiser step. ``clock`` marks the step's stages
+        (``sidlib.methods.stages``), so bench and profiling time the method through its own code.
+May define
+    HEADS = ("linear", "cascade")     the model structures it can train (default: both)
+    prepare(model, config)            attach what the method needs before the optimiser is built:
+                                      projection heads, feedback matrices, label embeddings, as
+                                      submodules or buffers (so they are saved, moved and, if they
+                                      are parameters, trained)
+    predict(model, images) -> logits  its inference rule, if not ``model(images)``
+    DESCRIPTION                       one line for ``--help``
+
+``METHODS[name]`` is a ``Method`` with the optional parts filled in by their defaults.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
+
+from . import bp, sid
+from .stages import untimed  # noqa: F401 (re-exported: the clock of an untimed step)
+
+ALL_HEADS = ("linear", "cascade")
+
+
+def _no_preparation(model, config) -> None:
+    return None
+
+
+def _forward(model, images):
+    return model(images)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    step: Callable
+    prepare: Callable = _no_preparation
+    predict: Callable = _forward
+    heads: tuple[str, ...] = ALL_HEADS
+    description: str = ""
+
+    @classmethod
+    def from_module(cls, name: str, module: ModuleType) -> "Method":
+        return cls(name=name, step=module.step, prepare=getattr(module, "prepare", _no_preparation),
+                   predict=getattr(module, "predict", _forward), heads=getattr(module, "HEADS", ALL_HEADS),
+                   description=getattr(module, "DESCRIPTION", ""))
+
+
+METHODS = {name: Method.from_module(name, module) for name, module in {"bp": bp, "sid": sid}.items()}

@@ -21,8 +21,11 @@ graph, and the teacher pass reads a detached copy of them.
 import torch
 
 from ..divergences import sid_objective, smoothed_target_log_beliefs
+from .stages import untimed
 
 EXTRACTOR_STRATEGIES = ("all", "final_layer", "frozen")
+HEADS = ("cascade",)  # SID trains a belief cascade: an extractor and refinement modules
+DESCRIPTION = "SID: a teacher pass, then every module's local loss against its cached teacher"
 
 
 @torch.no_grad()
@@ -42,7 +45,7 @@ def extractor_gets_gradient(strategy, module_index, depth):
     raise ValueError(f"unknown extractor strategy {strategy!r}; choose from {EXTRACTOR_STRATEGIES}")
 
 
-def local_losses(model, features, teachers, log_target, config, autocast, backward):
+def local_losses(model, features, teachers, log_target, config, autocast, backward, clock=untimed):
     """Each module's local loss (mean over the batch) from its cached teacher.
 
     With ``backward=True`` each loss is backpropagated at once (the memory-lean step);
@@ -50,30 +53,33 @@ def local_losses(model, features, teachers, log_target, config, autocast, backwa
     """
     losses = []
     for i, (block, teacher) in enumerate(zip(model.blocks, teachers)):
-        inputs = features if extractor_gets_gradient(config.extractor, i, model.depth) else features.detach()
-        teacher = teacher.float()
-        with autocast():
-            logits = block(torch.softmax(teacher, dim=1), inputs)
-        log_q = torch.log_softmax(logits.float(), dim=1)
-        log_teacher = torch.log_softmax(teacher, dim=1)
-        loss = sid_objective(log_q, log_teacher, log_target, config.alpha, config.kl).mean()
+        with clock("module_forward", i):
+            inputs = features if extractor_gets_gradient(config.extractor, i, model.depth) else features.detach()
+            teacher = teacher.float()
+            with autocast():
+                logits = block(torch.softmax(teacher, dim=1), inputs)
+            log_q = torch.log_softmax(logits.float(), dim=1)
+            log_teacher = torch.log_softmax(teacher, dim=1)
+            loss = sid_objective(log_q, log_teacher, log_target, config.alpha, config.kl).mean()
         if backward:
-            loss.backward()
+            with clock("module_backward", i):
+                loss.backward()
             loss = loss.detach()
         losses.append(loss)
     return losses
 
 
-def step(model, images, labels, config, autocast):
+def step(model, images, labels, config, autocast, clock=untimed):
     """Compute the gradients of one minibatch; return the summed local losses (detached)."""
     train_extractor = config.extractor != "frozen"
-    with autocast(), torch.set_grad_enabled(train_extractor):
+    with clock("extractor_forward"), autocast(), torch.set_grad_enabled(train_extractor):
         features = model.extractor(images)
-    with autocast():
+    with clock("teacher_pass"), autocast():
         teachers = teacher_logits(model, features.detach())
     log_target = smoothed_target_log_beliefs(labels, model.num_classes, config.label_smoothing)
     detached = features.detach().requires_grad_(train_extractor)
-    losses = local_losses(model, detached, teachers, log_target, config, autocast, backward=True)
-    if train_extractor and detached.grad is not None:
-        features.backward(detached.grad)
+    losses = local_losses(model, detached, teachers, log_target, config, autocast, backward=True, clock=clock)
+    with clock("extractor_backward"):
+        if train_extractor and detached.grad is not None:
+            features.backward(detached.grad)
     return torch.stack(losses).sum()

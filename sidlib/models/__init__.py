@@ -1,10 +1,63 @@
-"""Models by name. Each takes the input shape (channels, *spatial), the number of classes and the depth."""
+"""Models by name, as torchvision.models keeps them: one file per family, builder functions, a registry.
+
+Every model takes the input shape ``(channels, *spatial)`` and the number of classes, and is one of
+two structures:
+
+* ``LayeredNetwork`` (``layered.py``): ``blocks`` in order, then a classifier ``head``. The
+  backbones below have this structure (their "linear" head).
+* ``BeliefCascade`` (``cascade.py``): SID's shared ``extractor`` and L refinement modules as
+  ``blocks``. The SimpleCNN is one; ``--head cascade`` puts one on any backbone.
+
+``build_model(name, input_shape, num_classes, depth, head)`` builds either.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from .cascade import BeliefCascade, cascade_on
+from .layered import LayeredNetwork
+from .mlp import mlp_2x800, mlp_3x1000
+from .resnet import resnet18
 from .simplecnn import SimpleCNN
+from .vgg import SLL_CNN_LAYERS, sll_cnn, vgg11
+from .vit import sll_vit, vit_tiny
 
-MODELS = {"simplecnn": SimpleCNN}
+# name -> builder(input_shape, num_classes) of a LayeredNetwork
+BACKBONES = {
+    "mlp-2x800": mlp_2x800,
+    "mlp-3x1000": mlp_3x1000,
+    **{f"sll-cnn-{row}": partial(sll_cnn, spec=spec, name=f"sll-cnn-{row}") for row, spec in SLL_CNN_LAYERS.items()},
+    "vgg11": vgg11,
+    "resnet18": resnet18,
+    "vit-tiny": vit_tiny,
+    "sll-vit": sll_vit,
+}
+# name -> builder(input_shape, num_classes, depth) of a BeliefCascade
+CASCADES = {"simplecnn": SimpleCNN}
+MODELS = {**CASCADES, **BACKBONES}
+HEADS = ("linear", "cascade")
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, depth: int):
+def default_head(name: str) -> str:
+    return "cascade" if name in CASCADES else "linear"
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, depth: int = 10,
+                head: str | None = None) -> LayeredNetwork | BeliefCascade:
+    """Model ``name`` with its classifier head (``linear``) or with SID's ``depth`` refinement
+    modules on its features (``cascade``); ``head=None`` is the model's own (cascade for the SimpleCNN)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return MODELS[name](input_shape, num_classes, depth)
+    head = head or default_head(name)
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    if name in CASCADES:
+        if head != "cascade":
+            raise ValueError(f"{name} is a belief cascade by construction (SID Table 2); it has no linear head")
+        return CASCADES[name](input_shape, num_classes, depth)
+    backbone = BACKBONES[name](tuple(input_shape), num_classes)
+    return backbone if head == "linear" else cascade_on(backbone, depth)
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,4 +1,5 @@
-"""The SID paper's SimpleCNN (its Table 2): a shared convolutional extractor and L belief-refinement modules.
+"""The SID paper's SimpleCNN (its Table 2): a shared convolutional extractor and L belief-refinement
+modules (``sidlib.models.cascade``).
 
     h   = g_phi(x)                                   shared features, 128 numbers
     p_0 = uniform over C classes
@@ -10,11 +11,11 @@ signals (channels, length), e.g. MNIST-1D, for which the same layers are built i
 """
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import nn
+
+from .cascade import BeliefCascade
 
 FEATURE_DIM = 128
-HIDDEN_DIM = 256
 
 
 def make_extractor(input_shape: tuple[int, ...]) -> nn.Sequential:
@@ -39,46 +40,6 @@ def make_extractor(input_shape: tuple[int, ...]) -> nn.Sequential:
     )
 
 
-class RefinementModule(nn.Module):
-    """f_i: maps the previous belief and the shared features to the logits of the next belief."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.hidden = nn.Linear(num_classes + FEATURE_DIM, HIDDEN_DIM)
-        self.out = nn.Linear(HIDDEN_DIM, num_classes)
-
-    def forward(self, belief: Tensor, features: Tensor) -> Tensor:
-        return self.out(torch.relu(self.hidden(torch.cat([belief, features], dim=1))))
-
-
-class SimpleCNN(nn.Module):
+class SimpleCNN(BeliefCascade):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, depth: int):
-        super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
-        self.input_shape = tuple(input_shape)
-        self.num_classes = num_classes
-        self.extractor = make_extractor(self.input_shape)
-        self.blocks = nn.ModuleList(RefinementModule(num_classes) for _ in range(depth))
-
-    @property
-    def depth(self) -> int:
-        return len(self.blocks)
-
-    def uniform_belief(self, features: Tensor) -> Tensor:
-        """p_0: the uniform belief, one row per sample."""
-        return features.new_full((features.shape[0], self.num_classes), 1.0 / self.num_classes)
-
-    def refine(self, features: Tensor) -> list[Tensor]:
-        """Run the module cascade from p_0 and return every module's logits (differentiable end to end)."""
-        belief = self.uniform_belief(features)
-        all_logits = []
-        for block in self.blocks:
-            logits = block(belief, features)
-            all_logits.append(logits)
-            belief = torch.softmax(logits, dim=1)
-        return all_logits
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits of the last module: the network's prediction."""
-        return self.refine(self.extractor(x))[-1]
+        super().__init__(make_extractor(tuple(input_shape)), FEATURE_DIM, input_shape, num_classes, depth)
