@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -81,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", choices=DEVICES, default=d.device)
     b.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     b.add_argument("--json", action="store_true", help="print the records as JSON")
+    b.add_argument("--out", type=Path, default=None,
+                   help="also write the records, the command and the environment to this JSON (atomically)")
 
     m = commands.add_parser("models", help="every model: its blocks and parameter counts for one dataset")
     m.add_argument("--dataset", choices=list(DATASETS), default=d.dataset, help="input shape and classes")
@@ -130,9 +133,17 @@ def _bench(args) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if min(args.depths) < 1:
         raise ConfigError("--depths must all be at least 1")
+    if args.out is not None and (problem := check_writable(args.out)):
+        raise ConfigError(f"cannot write --out: {problem}; choose a writable path")
     depths = args.depths if cascade else [None]
     device = base.resolved_device()
     records = bench.run(depths, methods, args.batch_size, args.steps, args.warmup, base, device)
+    if args.out is not None:
+        from .train import environment
+
+        command = "python -m sidlib " + shlex.join(args.argv)
+        write_json(args.out, {"command": command, "batch_size": args.batch_size, "steps": args.steps,
+                              "precision": base.precision, "records": records, "environment": environment(device)})
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
@@ -192,6 +203,7 @@ COMMANDS = {"train": _train, "bench": _bench, "models": _models}
 def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError, DataUnavailable) as error:
         print(f"sidlib: error: {error}", file=sys.stderr)

@@ -161,3 +161,21 @@ def test_every_model_builds_on_the_meta_device():
             assert all(p.is_meta for p in model.parameters())
     assert set(MODELS) == set(BACKBONES) | set(CASCADES)
     assert math.prod(FMNIST) == 784
+
+
+def test_the_books_table_of_models_is_what_the_builders_build():
+    from pathlib import Path
+    page = (Path(__file__).resolve().parents[1] / "book" / "models.md").read_text()
+    rows = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 4:
+            rows[cells[0].strip("`")] = cells[1:]
+    assert set(rows) == set(MODELS)
+    for name, (blocks, linear, cascade) in rows.items():
+        with torch.device("meta"):
+            built = {head: build_model(name, FMNIST, 10, 10, head) for head in ("linear", "cascade")
+                     if not (head == "linear" and name in CASCADES)}
+        assert cascade == f"{parameter_count(built['cascade']):,}", name
+        assert linear == (f"{parameter_count(built['linear']):,}" if "linear" in built else "-"), name
+        assert int(blocks) == len(next(iter(built.values())).blocks), name
