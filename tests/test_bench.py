@@ -40,3 +40,23 @@ def test_run_returns_records_for_every_method_and_depth():
     records = bench.run([1, 3], batch_size=8, steps=1, warmup=0, base=config())
     assert {(r["method"], r["depth"]) for r in records} == {(m, d) for m in ("sid", "bp") for d in (1, 3)}
     assert all(r["step_seconds"] > 0 and r["peak_saved_bytes"] > 0 for r in records)
+
+
+def test_the_books_bench_table_is_the_committed_results():
+    # book/models.md shows results/bench/fashion-mnist/*.json; every row must be one of those records.
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "book" / "models.md").read_text()
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")) for line in page.splitlines()
+            if line.startswith("| `") and line.count("|") == 7}
+    expected = set()
+    for path in (root / "results" / "bench" / "fashion-mnist").glob("*.json"):
+        run = json.loads(path.read_text())
+        head = "cascade, L = 10" if path.stem.endswith("-cascade") else "linear"
+        assert run["command"].startswith("python -m sidlib bench") and run["batch_size"] == 32
+        for r in run["records"]:
+            expected.add((f"`{r['model']}`", head, r["method"].upper(), f"{r['parameters']:,}",
+                          f"{1000 * r['step_seconds']:.0f}", f"{r['peak_saved_bytes'] / 2**20:.1f}"))
+    assert rows == expected and len(rows) == 16
