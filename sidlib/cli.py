@@ -19,7 +19,7 @@ from .divergences import KL_DIRECTIONS
 from .io import check_writable, write_json
 from .methods import METHODS
 from .methods.sid import EXTRACTOR_STRATEGIES
-from .models import CASCADES, HEADS, MODELS, build_model, parameter_count
+from .models import HEADS, MODELS, size_table
 
 EXIT_USAGE = 2
 
@@ -161,8 +161,8 @@ def _bench(args) -> int:
         depth = "-" if r["depth"] is None else r["depth"]
         print(f"{depth:>5} {r['method']:>6} {r['parameters']:>12,} {1000 * r['step_seconds']:>9.2f} "
               f"{r['peak_saved_bytes'] / 2**20:>15.3f} {ratio:>9}")
-    lo, hi = min(depths, key=lambda x: x or 0), max(depths, key=lambda x: x or 0)
-    if cascade and lo != hi:
+    if cascade and len(set(depths)) > 1:
+        lo, hi = min(depths), max(depths)
         for m in methods:
             growth = by_key[(m, hi)]["peak_saved_bytes"] - by_key[(m, lo)]["peak_saved_bytes"]
             print(f"{m}: peak saved bytes grow by {growth / module_bytes:.1f} modules' worth "
@@ -171,29 +171,18 @@ def _bench(args) -> int:
 
 
 def _models(args) -> int:
-    import torch
-
     if args.depth < 1:
         raise ConfigError("--depth must be at least 1")
     info = DATASETS[args.dataset]
     shape = "x".join(map(str, info.input_shape))
     print(f"{args.dataset} ({shape}, {info.num_classes} classes); cascade head: {args.depth} refinement modules")
     print(f"{'model':<18} {'blocks':>6} {'linear head':>13} {'cascade head':>13}")
-    for name in MODELS:
-        counts = {}
-        for head in HEADS:
-            try:
-                with torch.device("meta"):  # shapes and counts only, nothing allocated
-                    model = build_model(name, info.input_shape, info.num_classes, args.depth, head)
-            except ValueError:
-                counts[head] = "-"
-                continue
-            counts[head] = f"{parameter_count(model):,}"
-            blocks = len(model.blocks) if head == "linear" or name in CASCADES else blocks
-        if counts["linear"] == counts["cascade"] == "-":
-            print(f"{name:<18} {'(does not take this input)':>34}")
+    for row in size_table(info.input_shape, info.num_classes, args.depth):
+        if row["blocks"] is None:
+            print(f"{row['model']:<18} {'(does not take this input)':>34}")
             continue
-        print(f"{name:<18} {blocks:>6} {counts['linear']:>13} {counts['cascade']:>13}")
+        linear, cascade = (f"{row[head]:,}" if row[head] is not None else "-" for head in ("linear", "cascade"))
+        print(f"{row['model']:<18} {row['blocks']:>6} {linear:>13} {cascade:>13}")
     return 0
 
 

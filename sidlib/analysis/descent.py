@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..data import Data
 from ..divergences import kl_divergence, local_minimiser, sid_objective, smoothed_target_log_beliefs
-from .theory import random_log_beliefs, uniform_log_belief  # noqa: F401 (random_log_beliefs: part of this module's samplers)
 from ..train import memory_format_for, train_model
+from .theory import random_log_beliefs, uniform_log_belief  # noqa: F401 (random_log_beliefs: part of this module's samplers)
 
 # ---------------------------------------------------------------------------------------------
 # The quantities of Propositions 2 and 4

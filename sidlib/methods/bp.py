@@ -5,7 +5,7 @@ shared extractor, as in the SID paper's BP baseline. That step is cut at the mod
 each stage can be timed on its own (``sidlib.methods.stages``): each module reads a detached copy of
 its input belief and of the features, and the backward hands each input's gradient to the module
 before it. That is the chain rule autograd would apply, in the same order, and it leaves the same
-gradients as one ``loss.backward()`` (tests/test_methods.py checks it bit for bit).
+gradients as one ``loss.backward()`` (tests/test_profiling.py checks it bit for bit).
 """
 import torch
 import torch.nn.functional as F

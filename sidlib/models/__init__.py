@@ -61,3 +61,25 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, depth
 
 def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def size_table(input_shape: tuple[int, ...], num_classes: int, depth: int) -> list[dict]:
+    """Per model: its number of blocks (refinement modules for a cascade by construction) and its
+    parameter counts with each head, None where it cannot take this input or has no such head.
+    Built on the meta device: shapes and counts only, nothing allocated."""
+    import torch
+
+    rows = []
+    for name in MODELS:
+        row = {"model": name, "blocks": None, **{head: None for head in HEADS}}
+        for head in HEADS:
+            try:
+                with torch.device("meta"):
+                    model = build_model(name, input_shape, num_classes, depth, head)
+            except ValueError:
+                continue
+            row[head] = parameter_count(model)
+            if row["blocks"] is None:
+                row["blocks"] = len(model.blocks)
+        rows.append(row)
+    return rows

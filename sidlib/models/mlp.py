@@ -14,6 +14,8 @@ from .layered import LayeredNetwork
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, widths: list[int], dropout: float = 0.0) -> LayeredNetwork:
+    if not widths:
+        raise ValueError("an MLP needs at least one hidden layer")
     blocks, width_in = [], math.prod(input_shape)
     for i, width in enumerate(widths):
         layers = [nn.Flatten()] if i == 0 else []
@@ -22,8 +24,7 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, widths: list[int], dropo
             layers.append(nn.Dropout(dropout))
         blocks.append(nn.Sequential(*layers))
         width_in = width
-    head = nn.Sequential(nn.Linear(width_in, num_classes)) if widths else \
-        nn.Sequential(nn.Flatten(), nn.Linear(width_in, num_classes))
+    head = nn.Sequential(nn.Linear(width_in, num_classes))
     return LayeredNetwork(blocks, head, input_shape, num_classes)
 
 

@@ -68,7 +68,15 @@ def sll_cnn(input_shape: tuple[int, ...], num_classes: int, spec: str = SLL_CNN_
     spatial = [spatial_size_after(s, pools) for s in input_shape[1:]]
     if min(spatial) < 1:
         raise ValueError(f"{name}: input {tuple(input_shape)} is too small for {pools} poolings by 2")
-    blocks, channels, flat = [], input_shape[0], None
+    blocks, channels, flat_width = [], input_shape[0], None  # flat_width: set once the activations are vectors
+
+    def fully_connected(width: int) -> list[nn.Module]:
+        nonlocal flat_width
+        flatten = [] if flat_width else [nn.Flatten()]  # the first FC layer flattens the feature maps
+        layer = nn.Linear(flat_width or channels * math.prod(spatial), width)
+        flat_width = width
+        return flatten + [layer]
+
     for kind, width in layers[:-1]:
         if kind == "conv":
             block = [conv(channels, width, 3, padding=1)] + ([norm(width)] if batch_norm else []) + [nn.ReLU(inplace=True)]
@@ -77,13 +85,8 @@ def sll_cnn(input_shape: tuple[int, ...], num_classes: int, spec: str = SLL_CNN_
         elif kind == "pool":
             blocks[-1].append(pool(2))
         else:
-            width_in = flat if flat is not None else channels * math.prod(spatial)
-            blocks.append(nn.Sequential(*([nn.Flatten()] if flat is None else []), nn.Linear(width_in, width), nn.ReLU(inplace=True)))
-            flat = width
-    if flat is None:
-        head = nn.Sequential(nn.Flatten(), nn.Linear(channels * math.prod(spatial), num_classes))
-    else:
-        head = nn.Sequential(nn.Linear(flat, num_classes))
+            blocks.append(nn.Sequential(*fully_connected(width), nn.ReLU(inplace=True)))
+    head = nn.Sequential(*fully_connected(num_classes))
     return LayeredNetwork(blocks, head, input_shape, num_classes)
 
 
