@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
 
     train = commands.add_parser("train", help="train one model with one method")
-    train.add_argument("--method", choices=list(METHODS), default=d.method)
+    train.add_argument("--method", choices=list(METHODS), default=d.method,
+                       help="; ".join(f"{name}: {m.description}" for name, m in METHODS.items()))
     train.add_argument("--model", choices=list(MODELS), default=d.model)
     train.add_argument("--head", choices=HEADS, default=None,
                        help="linear: the model's classifier; cascade: SID's L refinement modules on its features "

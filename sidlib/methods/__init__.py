@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
 
+from ..models import HEADS as ALL_HEADS
 from . import bp, sid
 from .stages import untimed  # noqa: F401 (re-exported: the clock of an untimed step)
-
-ALL_HEADS = ("linear", "cascade")
 
 
 def _no_preparation(model, config) -> None:

@@ -25,7 +25,7 @@ from .stages import untimed
 
 EXTRACTOR_STRATEGIES = ("all", "final_layer", "frozen")
 HEADS = ("cascade",)  # SID trains a belief cascade: an extractor and refinement modules
-DESCRIPTION = "SID: a teacher pass, then every module's local loss against its cached teacher"
+DESCRIPTION = "a teacher pass, then every module's local loss against its cached teacher (SID)"
 
 
 @torch.no_grad()

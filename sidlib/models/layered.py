@@ -9,8 +9,6 @@ a belief cascade reads when SID is put on this network as a backbone (``sidlib.m
 """
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
 
@@ -43,11 +41,9 @@ class LayeredNetwork(nn.Module):
         return self.head[-1](self.features(x))
 
 
-def spatial_size_after(size: int, pools: int, ceil: bool = False) -> int:
-    """Side length after ``pools`` 2x2 max-poolings of stride 2 (floored, or rounded up with ``ceil``)."""
-    for _ in range(pools):
-        size = math.ceil(size / 2) if ceil else size // 2
-    return size
+def spatial_size_after(size: int, pools: int) -> int:
+    """Side length after ``pools`` 2x2 max-poolings of stride 2, rounding down as PyTorch does."""
+    return size // 2 ** pools
 
 
 def image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
