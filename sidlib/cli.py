@@ -13,13 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import bench
-from .config import DEVICES, PRECISIONS, SCHEDULES, ConfigError, TrainConfig
+from .config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, ConfigError, TrainConfig
 from .data import DATASETS, DataUnavailable
 from .divergences import KL_DIRECTIONS
 from .io import check_writable, write_json
 from .methods import METHODS
 from .methods.sid import EXTRACTOR_STRATEGIES
-from .models import HEADS, MODELS, size_table
+from .methods.sll import CODE_MAPS, FIRST_PRIORS, PREDICTION_RULES, PROJECTIONS, TOKEN_SUMMARIES
+from .models import HEADS, MODELS, STACKS, size_table
 
 EXIT_USAGE = 2
 
@@ -50,11 +51,29 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=d.epochs)
     train.add_argument("--batch-size", type=int, default=d.batch_size)
     train.add_argument("--lr", type=float, default=d.lr)
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     train.add_argument("--alpha", type=float, default=d.alpha, help="SID's target weight, in (0, 1)")
     train.add_argument("--kl", choices=KL_DIRECTIONS, default=d.kl,
                        help="forward: KL(target||q) as the authors' code; reverse: KL(q||target) as the paper")
     train.add_argument("--extractor", choices=EXTRACTOR_STRATEGIES, default=d.extractor,
                        help="which SID modules' losses train the shared extractor")
+    sll = train.add_argument_group("SLL's open choices (--method sll; sidlib/methods/sll.py)")
+    sll.add_argument("--sll-codes", type=int, default=d.sll_codes,
+                     help="k, the random projection's output dimension (default: the number of classes)")
+    sll.add_argument("--sll-dropout", type=float, default=d.sll_dropout, help="dropout rate on the projection's entries")
+    sll.add_argument("--sll-temperature", type=float, default=d.sll_temperature)
+    sll.add_argument("--sll-weight", type=float, default=d.sll_weight, help="weight of the Bhattacharyya term")
+    sll.add_argument("--sll-first-prior", choices=FIRST_PRIORS, default=d.sll_first_prior,
+                     help="parent categorical of the first unit: a projection of the input, uniform, or none")
+    sll.add_argument("--sll-code-map", choices=CODE_MAPS, default=d.sll_code_map,
+                     help="class probability from k > C codes: pooled (code j -> class j mod C) or the first C")
+    sll.add_argument("--sll-predict", choices=PREDICTION_RULES, default=d.sll_predict,
+                     help="head: the trained classifier; last: the last unit's projection; average: of all")
+    sll.add_argument("--sll-unit", type=int, default=d.sll_unit, help="blocks per unit (1: SLL; more: SLL+)")
+    sll.add_argument("--sll-tokens", choices=TOKEN_SUMMARIES, default=d.sll_tokens,
+                     help="a transformer unit's projected vector: class token or token mean")
+    sll.add_argument("--sll-projection", choices=PROJECTIONS, default=d.sll_projection,
+                     help="distribution of the projection's entries (variance 1/d)")
     train.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     train.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
     train.add_argument("--label-noise", type=float, default=d.label_noise,
@@ -74,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--model", choices=list(MODELS), default=d.model)
     b.add_argument("--head", choices=HEADS, default=None, help="as for train")
     b.add_argument("--dataset", choices=list(DATASETS), default=d.dataset, help="input shape and classes")
-    b.add_argument("--depths", type=int, nargs="+", default=[2, 10, 32], help="of a cascade head")
+    b.add_argument("--depths", type=int, nargs="+", default=[2, 10, 32],
+                   help="refinement modules of a cascade head, or blocks of a deep-* model")
     b.add_argument("--methods", choices=list(METHODS), nargs="+", default=None,
                    help="default: sid and bp on a cascade head, bp on a linear one")
     b.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -88,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
 
     m = commands.add_parser("models", help="every model: its blocks and parameter counts for one dataset")
     m.add_argument("--dataset", choices=list(DATASETS), default=d.dataset, help="input shape and classes")
-    m.add_argument("--depth", type=int, default=d.depth, help="refinement modules of the cascade head")
+    m.add_argument("--depth", type=int, default=d.depth,
+                   help="refinement modules of the cascade head, blocks of a deep-* model")
     return parser
 
 
@@ -136,7 +157,7 @@ def _bench(args) -> int:
         raise ConfigError("--depths must all be at least 1")
     if args.out is not None and (problem := check_writable(args.out)):
         raise ConfigError(f"cannot write --out: {problem}; choose a writable path")
-    depths = args.depths if cascade else [None]
+    depths = args.depths if cascade or args.model in STACKS else [None]
     device = base.resolved_device()
     records = bench.run(depths, methods, args.batch_size, args.steps, args.warmup, base, device)
     if args.out is not None:
@@ -168,6 +189,11 @@ def _bench(args) -> int:
             growth = by_key[(m, hi)]["peak_saved_bytes"] - by_key[(m, lo)]["peak_saved_bytes"]
             print(f"{m}: peak saved bytes grow by {growth / module_bytes:.1f} modules' worth "
                   f"from depth {lo} to {hi}")
+    elif len(set(depths)) > 1:
+        lo, hi = min(depths), max(depths)
+        for m in methods:
+            ratio = by_key[(m, hi)]["peak_saved_bytes"] / by_key[(m, lo)]["peak_saved_bytes"]
+            print(f"{m}: peak saved bytes x{ratio:.2f} from depth {lo} to {hi}")
     return 0
 
 

@@ -10,11 +10,14 @@ from .data import DATASETS
 from .divergences import KL_DIRECTIONS
 from .methods import METHODS
 from .methods.sid import EXTRACTOR_STRATEGIES
+from .methods.sll import SLLOptions
 from .models import HEADS, MODELS, build_model, default_head
 
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("adam", "adamw", "adamax")
+_SLL = SLLOptions()
 
 
 class ConfigError(ValueError):
@@ -31,12 +34,24 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 128
     lr: float = 1e-3
+    optimizer: str = "adam"
     alpha: float = 0.5
     kl: str = "forward"  # the authors' code; "reverse" is the paper's theory
     label_smoothing: float = 0.0
     extractor: str = "all"
     schedule: str = "constant"
     label_noise: float = 0.0
+    # SLL's open choices (sidlib.methods.sll.SLLOptions), used by --method sll only
+    sll_codes: int | None = _SLL.codes
+    sll_dropout: float = _SLL.dropout
+    sll_temperature: float = _SLL.temperature
+    sll_weight: float = _SLL.weight
+    sll_first_prior: str = _SLL.first_prior
+    sll_code_map: str = _SLL.code_map
+    sll_predict: str = _SLL.predict
+    sll_unit: int = _SLL.unit
+    sll_tokens: str = _SLL.tokens
+    sll_projection: str = _SLL.projection
     train_subset: int | None = None
     test_subset: int | None = None
     data_root: str | None = None
@@ -51,7 +66,7 @@ class TrainConfig:
         """Raise ConfigError for the first option that cannot work. Returns self."""
         choices = {"method": METHODS, "model": MODELS, "dataset": DATASETS, "kl": KL_DIRECTIONS,
                    "extractor": EXTRACTOR_STRATEGIES, "schedule": SCHEDULES, "device": DEVICES,
-                   "precision": PRECISIONS}
+                   "precision": PRECISIONS, "optimizer": OPTIMIZERS}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -70,6 +85,10 @@ class TrainConfig:
         if not 0 <= self.label_noise < 1:
             raise ConfigError(f"--label-noise must lie in [0, 1), got {self.label_noise}")
         info = DATASETS[self.dataset]
+        try:
+            SLLOptions.from_config(self).check(info.num_classes)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         for name, size in (("train", info.train_size), ("test", info.test_size)):
             subset = getattr(self, f"{name}_subset")
             if subset is not None and not 1 <= subset <= size:

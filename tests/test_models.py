@@ -6,7 +6,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, VGG11_BN_Weights, ViT_B_16_Weights, VisionTransformer
 from torchvision.models import resnet18 as torchvision_resnet18
 
-from sidlib.models import (BACKBONES, CASCADES, MODELS, BeliefCascade, LayeredNetwork, build_model, parameter_count,
+from sidlib.models import (BACKBONES, CASCADES, MODELS, STACKS, BeliefCascade, LayeredNetwork, build_model, parameter_count,
                            size_table)
 from sidlib.models.resnet import resnet18
 from sidlib.models.vgg import SLL_CNN_LAYERS, parse_layers
@@ -158,7 +158,25 @@ def test_every_model_builds_on_the_meta_device():
         for name in MODELS:
             model = build_model(name, CIFAR, 100, depth=2)
             assert all(p.is_meta for p in model.parameters())
-    assert set(MODELS) == set(BACKBONES) | set(CASCADES)
+    assert set(MODELS) == set(BACKBONES) | set(CASCADES) | set(STACKS)
+
+
+@pytest.mark.parametrize("name", list(STACKS))
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_a_stacks_depth_is_its_number_of_blocks(name, depth):
+    torch.manual_seed(0)
+    model = build_model(name, FMNIST, 10, depth=depth).eval()
+    assert isinstance(model, LayeredNetwork) and len(model.blocks) == depth
+    x = torch.randn(2, *FMNIST)
+    h = x
+    for block in model.blocks:
+        h = block(h)
+    torch.testing.assert_close(model.head(h), model(x), rtol=0, atol=0)
+    if name == "deep-cnn":
+        widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert widths == [64, 128, 256, 256, 256][:depth]
+    with pytest.raises(ValueError, match="no cascade head"):
+        build_model(name, FMNIST, 10, depth=depth, head="cascade")
 
 
 def test_the_books_table_of_models_is_what_the_builders_build():

@@ -1,5 +1,6 @@
 """Every model trains with BP through the command line on real data (Fashion-MNIST, a smoke-scale
-subset), and SID trains on the SimpleCNN and on VGG-11 and ResNet-18 backbones."""
+subset), SID trains on the SimpleCNN and on VGG-11 and ResNet-18 backbones, and SLL on SLL's MLP,
+CNN and ViT (with units of one block and of two)."""
 import json
 import math
 
@@ -36,6 +37,14 @@ def test_every_model_trains_with_bp(name, tmp_path, capsys):
 def test_sid_trains_on_a_backbone(name, tmp_path, capsys):
     results = train(tmp_path, capsys, "--method", "sid", "--model", name, "--head", "cascade", "--depth", "3")
     assert results["config"]["head"] == "cascade"
+
+
+@pytest.mark.parametrize("name, options", [("mlp-2x800", []), ("sll-cnn-fmnist", []), ("sll-vit", []),
+                                           ("sll-vit", ["--sll-unit", "2", "--sll-tokens", "mean"]),
+                                           ("mlp-3x1000", ["--sll-codes", "50", "--sll-predict", "average"])])
+def test_sll_trains_on_its_papers_models(name, options, tmp_path, capsys):
+    results = train(tmp_path, capsys, "--method", "sll", "--model", name, *options)
+    assert results["config"]["method"] == "sll"
 
 
 def test_parameter_counts_are_reported_per_model(capsys):

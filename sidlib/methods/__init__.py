@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Callable
 
 from ..models import HEADS as ALL_HEADS
-from . import bp, sid
+from . import bp, sid, sll
 from .stages import untimed  # noqa: F401 (re-exported: the clock of an untimed step)
 
 
@@ -51,4 +51,4 @@ class Method:
                    description=getattr(module, "DESCRIPTION", ""))
 
 
-METHODS = {name: Method.from_module(name, module) for name, module in {"bp": bp, "sid": sid}.items()}
+METHODS = {name: Method.from_module(name, module) for name, module in {"bp": bp, "sid": sid, "sll": sll}.items()}

@@ -8,7 +8,8 @@ two structures:
 * ``BeliefCascade`` (``cascade.py``): SID's shared ``extractor`` and L refinement modules as
   ``blocks``. The SimpleCNN is one; ``--head cascade`` puts one on any backbone.
 
-``build_model(name, input_shape, num_classes, depth, head)`` builds either.
+``build_model(name, input_shape, num_classes, depth, head)`` builds either. ``depth`` is the number
+of refinement modules of a cascade, or the number of blocks of a stack (``stacks.py``: ``deep-*``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .layered import LayeredNetwork
 from .mlp import mlp_2x800, mlp_3x1000
 from .resnet import resnet18
 from .simplecnn import SimpleCNN
+from .stacks import deep_cnn, deep_mlp, deep_vit
 from .vgg import SLL_CNN_LAYERS, sll_cnn, vgg11
 from .vit import sll_vit, vit_tiny
 
@@ -34,7 +36,9 @@ BACKBONES = {
 }
 # name -> builder(input_shape, num_classes, depth) of a BeliefCascade
 CASCADES = {"simplecnn": SimpleCNN}
-MODELS = {**CASCADES, **BACKBONES}
+# name -> builder(input_shape, num_classes, depth) of a LayeredNetwork of ``depth`` blocks
+STACKS = {"deep-mlp": deep_mlp, "deep-cnn": deep_cnn, "deep-vit": deep_vit}
+MODELS = {**CASCADES, **BACKBONES, **STACKS}
 HEADS = ("linear", "cascade")
 
 
@@ -55,6 +59,10 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, depth
         if head != "cascade":
             raise ValueError(f"{name} is a belief cascade by construction (SID Table 2); it has no linear head")
         return CASCADES[name](input_shape, num_classes, depth)
+    if name in STACKS:
+        if head != "linear":
+            raise ValueError(f"{name} takes --depth as its number of blocks; it has no cascade head")
+        return STACKS[name](tuple(input_shape), num_classes, depth)
     backbone = BACKBONES[name](tuple(input_shape), num_classes)
     return backbone if head == "linear" else cascade_on(backbone, depth)
 
