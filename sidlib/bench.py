@@ -110,7 +110,7 @@ class _Saved:
 def _setup(config: TrainConfig, batch_size: int, device: torch.device):
     info = DATASETS[config.dataset]
     torch.manual_seed(config.seed)
-    model = build_model(config.model, info.input_shape, info.num_classes, config.depth, config.head)
+    model = build_model(config.model, info.input_shape, info.num_classes, config.depth, config.head, config.width)
     METHODS[config.method].prepare(model, config)
     fmt = memory_format_for(model)
     model.to(device=device, memory_format=fmt)

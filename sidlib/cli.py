@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="linear: the model's classifier; cascade: SID's L refinement modules on its features "
                             "(default: cascade for simplecnn, linear for the rest)")
     train.add_argument("--dataset", choices=list(DATASETS), default=d.dataset)
-    train.add_argument("--depth", type=int, default=d.depth, help="refinement modules L of a cascade head")
+    train.add_argument("--depth", type=int, default=d.depth,
+                       help="refinement modules L of a cascade head, or blocks of a deep-* model")
+    train.add_argument("--width", type=int, default=None, help="hidden width of an MLP (default: the model's own)")
     train.add_argument("--epochs", type=int, default=d.epochs)
     train.add_argument("--batch-size", type=int, default=d.batch_size)
     train.add_argument("--lr", type=float, default=d.lr)

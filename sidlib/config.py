@@ -30,7 +30,8 @@ class TrainConfig:
     model: str = "simplecnn"
     head: str | None = None  # None: the model's own (cascade for the SimpleCNN, linear for the rest)
     dataset: str = "fashion-mnist"
-    depth: int = 10  # refinement modules of a cascade head
+    depth: int = 10  # refinement modules of a cascade head, or blocks of a deep-* model
+    width: int | None = None  # hidden width of an MLP (None: the model's own)
     epochs: int = 1
     batch_size: int = 128
     lr: float = 1e-3
@@ -109,7 +110,7 @@ class TrainConfig:
         head = self.resolved_head()
         try:
             with torch.device("meta"):
-                build_model(self.model, input_shape, num_classes, self.depth, self.head)
+                build_model(self.model, input_shape, num_classes, self.depth, self.head, self.width)
         except ValueError as error:
             raise ConfigError(f"--model {self.model} on {self.dataset}: {error}") from None
         method = METHODS[self.method]

@@ -12,12 +12,25 @@ from sidlib.config import TrainConfig
 
 def test_cli_command_parses_back_to_the_same_config():
     cfg = config(method="bp", depth=7, epochs=3, lr=3e-4, alpha=0.3, kl="reverse", label_smoothing=0.1,
-                 schedule="cosine", label_noise=0.2, train_subset=500, seed=4, precision="bf16", extractor="final_layer")
+                 schedule="cosine", label_noise=0.2, train_subset=500, seed=4, precision="bf16", extractor="final_layer",
+                 optimizer="adamax", sll_codes=20, sll_first_prior="none", sll_unit=2, sll_dropout=0.0)
     command = experiments.cli_command(cfg).split()
     assert command[:4] == ["python", "-m", "sidlib", "train"]
     args = cli._parser().parse_args(command[3:])
     parsed = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
     assert parsed == cfg
+
+
+def test_variants_are_named_changes_to_the_base_config(tmp_path):
+    base = config(method="sll", model="mlp-2x800", epochs=1, train_subset=100, test_subset=50, batch_size=50)
+    variants = {"sll": {}, "no-bhattacharyya": {"sll_weight": 0.0}}
+    runs = experiments.run_grid(base, variants, [0], tmp_path, log=lambda line: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no-bhattacharyya-seed0.json", "sll-seed0.json"]
+    assert [r["variant"] for r in runs] == ["sll", "no-bhattacharyya"]
+    assert runs[1]["config"]["sll_weight"] == 0.0 and "--sll-weight 0.0" in runs[1]["command"]
+    rows = experiments.summarise(experiments.load_runs(tmp_path))
+    assert [(r["variant"], r["method"]) for r in rows] == [("no-bhattacharyya", "sll"), ("sll", "sll")]
+    assert set(experiments.learning_curves(runs)) == {"sll", "no-bhattacharyya"}
 
 
 def test_run_grid_writes_one_file_per_run_and_reuses_them(tmp_path, monkeypatch):

@@ -194,3 +194,11 @@ def test_the_books_table_of_models_is_what_the_builders_build():
     # the table's counts are the builders' own, not only the table function's
     assert rows["resnet18"][1] == f"{parameter_count(build_model('resnet18', FMNIST, 10)):,}"
     assert rows["simplecnn"][2] == f"{parameter_count(build_model('simplecnn', FMNIST, 10, 10)):,}"
+
+
+def test_an_mlps_width_is_an_option_and_only_an_mlps():
+    model = build_model("mlp-2x800", FMNIST, 10, width=30)
+    assert parameter_count(model) == (784 * 30 + 30) + (30 * 30 + 30) + (30 * 10 + 10)
+    assert [b[-2].out_features for b in build_model("deep-mlp", FMNIST, 10, depth=3, width=7).blocks] == [7, 7, 7]
+    with pytest.raises(ValueError, match="a width can be set for"):
+        build_model("vgg11", FMNIST, 10, width=30)

@@ -1,7 +1,9 @@
 """Experiment grids (methods x seeds) with one results file per run, and their summaries.
 
 Each run's results are the training loop's (``sidlib.train.train``) plus the CLI command that
-reproduces it, written atomically to ``<out_dir>/<method>-seed<seed>.json``.
+reproduces it and the name of its variant, written atomically to ``<out_dir>/<variant>-seed<seed>.json``.
+A variant is a named set of changes to the base configuration; a list of methods is the common case
+(each method its own variant).
 """
 from __future__ import annotations
 
@@ -31,40 +33,53 @@ def cli_command(config: TrainConfig) -> str:
     return " ".join(parts + ["--no-progress"])
 
 
-def run_path(out_dir: Path, method: str, seed: int) -> Path:
-    return Path(out_dir) / f"{method}-seed{seed}.json"
+def run_path(out_dir: Path, variant: str, seed: int) -> Path:
+    return Path(out_dir) / f"{variant}-seed{seed}.json"
 
 
-def run_grid(base: TrainConfig, methods, seeds, out_dir: Path, reuse: bool = False, log=print) -> list[dict]:
-    """Train every method with every seed. With ``reuse``, runs whose results file exists are read
-    back instead of retrained (so an interrupted long grid continues where it stopped)."""
+def as_variants(variants) -> dict[str, dict]:
+    """``["sid", "bp"]`` -> ``{"sid": {"method": "sid"}, "bp": {"method": "bp"}}``; a dict is kept."""
+    return dict(variants) if isinstance(variants, dict) else {m: {"method": m} for m in variants}
+
+
+def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = False, log=print) -> list[dict]:
+    """Train every variant (method names, or ``{name: {option: value}}``) with every seed. With
+    ``reuse``, runs whose results file exists are read back instead of retrained (so an interrupted
+    long grid continues where it stopped)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base.validate()
-    shared_data = None
+    variants = as_variants(variants)
+    configs = {name: replace(base, **changes).validate() for name, changes in variants.items()}
+    shared_data = {}
     results = []
-    for method in methods:
+    for name, variant_config in configs.items():
         for seed in seeds:
-            path = run_path(out_dir, method, seed)
+            path = run_path(out_dir, name, seed)
             if reuse and path.exists():
                 result = json.loads(path.read_text())
                 results.append(result)
-                log(f"{method} seed {seed}: final test accuracy {result['final_test_acc']:.2f}% "
+                log(f"{name} seed {seed}: final test accuracy {result['final_test_acc']:.2f}% "
                     f"(read back from {path.name})")
                 continue
-            config = replace(base, method=method, seed=seed)
+            config = replace(variant_config, seed=seed)
             data = None
-            if config.label_noise == 0:  # then the data do not depend on the seed: load once
-                if shared_data is None:
-                    shared_data = datasets.load(config.dataset, config.data_root, config.resolved_device(),
-                                                config.train_subset)
-                data = shared_data
+            if config.label_noise == 0:  # then the data do not depend on the seed: load each dataset once
+                key = (config.dataset, config.train_subset, config.test_subset)
+                if key not in shared_data:
+                    shared_data[key] = datasets.load(config.dataset, config.data_root, config.resolved_device(),
+                                                     config.train_subset, test_subset=config.test_subset)
+                data = shared_data[key]
             result = train(config, data=data)
             result["command"] = cli_command(config)
+            result["variant"] = name
             write_json(path, result)
             results.append(result)
-            log(f"{method} seed {seed}: final test accuracy {result['final_test_acc']:.2f}%")
+            log(f"{name} seed {seed}: final test accuracy {result['final_test_acc']:.2f}%")
     return results
+
+
+def variant_of(run: dict) -> str:
+    return run.get("variant", run["config"]["method"])  # runs written before variants existed: the method
 
 
 def load_runs(out_dir: Path) -> list[dict]:
@@ -76,16 +91,16 @@ def _mean_std(values):
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """One row per method: final test accuracy mean and std over seeds, best epoch, and the median
+    """One row per variant: final test accuracy mean and std over seeds, best epoch, and the median
     time per epoch (the median, so that an epoch slowed by other work on the machine does not
     distort it; the raw times stay in each run's history)."""
     rows = []
-    for method in sorted({r["config"]["method"] for r in runs}):
-        mine = [r for r in runs if r["config"]["method"] == method]
+    for variant in sorted({variant_of(r) for r in runs}):
+        mine = [r for r in runs if variant_of(r) == variant]
         final_mean, final_std = _mean_std([r["final_test_acc"] for r in mine])
         best_mean, _ = _mean_std([max(h["test_acc"] for h in r["history"]) for r in mine])
         epoch_seconds = [h["epoch_seconds"] for r in mine for h in r["history"]]
-        rows.append({"method": method, "seeds": sorted(r["config"]["seed"] for r in mine),
+        rows.append({"variant": variant, "method": mine[0]["config"]["method"], "seeds": sorted(r["config"]["seed"] for r in mine),
                      "epochs": mine[0]["config"]["epochs"], "final_acc_mean": final_mean,
                      "final_acc_std": final_std, "best_acc_mean": best_mean,
                      "epoch_seconds_median": statistics.median(epoch_seconds)})
@@ -93,12 +108,12 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def learning_curves(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
-    """Per method: test accuracy per epoch, its mean, minimum and maximum over seeds."""
+    """Per variant: test accuracy per epoch, its mean, minimum and maximum over seeds."""
     curves = {}
-    for method in sorted({r["config"]["method"] for r in runs}):
-        per_seed = [[h["test_acc"] for h in r["history"]] for r in runs if r["config"]["method"] == method]
+    for variant in sorted({variant_of(r) for r in runs}):
+        per_seed = [[h["test_acc"] for h in r["history"]] for r in runs if variant_of(r) == variant]
         by_epoch = list(zip(*per_seed))
-        curves[method] = {"epoch": list(range(1, len(by_epoch) + 1)),
+        curves[variant] = {"epoch": list(range(1, len(by_epoch) + 1)),
                           "mean": [statistics.fmean(v) for v in by_epoch],
                           "min": [min(v) for v in by_epoch], "max": [max(v) for v in by_epoch]}
     return curves

@@ -46,12 +46,22 @@ def default_head(name: str) -> str:
     return "cascade" if name in CASCADES else "linear"
 
 
+# models whose hidden width is an option (``width``: every hidden layer's number of units)
+WIDTH_MODELS = ("mlp-2x800", "mlp-3x1000", "deep-mlp")
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, depth: int = 10,
-                head: str | None = None) -> LayeredNetwork | BeliefCascade:
+                head: str | None = None, width: int | None = None) -> LayeredNetwork | BeliefCascade:
     """Model ``name`` with its classifier head (``linear``) or with SID's ``depth`` refinement
-    modules on its features (``cascade``); ``head=None`` is the model's own (cascade for the SimpleCNN)."""
+    modules on its features (``cascade``); ``head=None`` is the model's own (cascade for the SimpleCNN).
+    ``width`` replaces the hidden width of an MLP (``WIDTH_MODELS``)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if width is not None:
+        if name not in WIDTH_MODELS:
+            raise ValueError(f"a width can be set for {', '.join(WIDTH_MODELS)} only, not {name}; drop --width")
+        if width < 1:
+            raise ValueError(f"the width must be at least 1, got {width}")
     head = head or default_head(name)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
@@ -62,8 +72,8 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, depth
     if name in STACKS:
         if head != "linear":
             raise ValueError(f"{name} takes --depth as its number of blocks; it has no cascade head")
-        return STACKS[name](tuple(input_shape), num_classes, depth)
-    backbone = BACKBONES[name](tuple(input_shape), num_classes)
+        return STACKS[name](tuple(input_shape), num_classes, depth, **({"width": width} if width else {}))
+    backbone = BACKBONES[name](tuple(input_shape), num_classes, **({"width": width} if width else {}))
     return backbone if head == "linear" else cascade_on(backbone, depth)
 
 

@@ -28,11 +28,11 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, widths: list[int], dropo
     return LayeredNetwork(blocks, head, input_shape, num_classes)
 
 
-def mlp_2x800(input_shape, num_classes, dropout: float = 0.0) -> LayeredNetwork:
-    """SLL's MNIST MLP: two hidden layers of 800 units."""
-    return mlp(input_shape, num_classes, [800, 800], dropout)
+def mlp_2x800(input_shape, num_classes, dropout: float = 0.0, width: int = 800) -> LayeredNetwork:
+    """SLL's MNIST MLP: two hidden layers of 800 units (``width`` changes them, for SLL's Figure 4c)."""
+    return mlp(input_shape, num_classes, [width] * 2, dropout)
 
 
-def mlp_3x1000(input_shape, num_classes, dropout: float = 0.0) -> LayeredNetwork:
+def mlp_3x1000(input_shape, num_classes, dropout: float = 0.0, width: int = 1000) -> LayeredNetwork:
     """SLL's CIFAR MLP: three hidden layers of 1000 units."""
-    return mlp(input_shape, num_classes, [1000, 1000, 1000], dropout)
+    return mlp(input_shape, num_classes, [width] * 3, dropout)
