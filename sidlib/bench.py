@@ -135,6 +135,30 @@ def peak_saved_bytes(config: TrainConfig, batch_size: int, device: torch.device)
     return meter.peak
 
 
+def memory_breakdown(config: TrainConfig, batch_size: int, device: torch.device) -> dict[str, int]:
+    """Bytes of one training step of ``config.method``, by what holds them: the peak of saved tensors
+    (activations), the parameters, their gradients (one per parameter, for every method here), the
+    optimiser's state, and buffers (batch-norm statistics, SLL's fixed projections); ``total`` is
+    their sum, the memory a step needs besides the input batch and transient workspace. On CUDA,
+    ``cuda_peak_allocated`` is what the allocator actually reached during the step."""
+    model, optimizer, images, labels = _setup(config, batch_size, device)
+    autocast = autocast_for(device, config.precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    with SavedTensorMeter(exclude=list(model.parameters())) as meter:
+        _train_step(config, model, optimizer, images, labels, autocast)
+    nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)  # noqa: E731
+    state = [v for per_param in optimizer.state.values() for v in per_param.values() if torch.is_tensor(v)]
+    out = {"saved": meter.peak, "parameters": nbytes(model.parameters()),
+           "gradients": nbytes(p for p in model.parameters() if p.requires_grad), "optimizer": nbytes(state),
+           "buffers": nbytes(model.buffers())}
+    out["total"] = sum(out.values())
+    if device.type == "cuda":
+        out["cuda_peak_allocated"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
 def module_saved_bytes(config: TrainConfig, batch_size: int, device: torch.device) -> int:
     """Saved-tensor bytes of one refinement module's forward pass: the unit 'one module's worth'."""
     model, _, images, _ = _setup(replace(config, depth=1), batch_size, device)

@@ -60,3 +60,15 @@ def test_the_books_bench_table_is_the_committed_results():
             expected.add((f"`{r['model']}`", head, r["method"].upper(), f"{r['parameters']:,}",
                           f"{1000 * r['step_seconds']:.0f}", f"{r['peak_saved_bytes'] / 2**20:.1f}"))
     assert rows == expected and len(rows) == 16
+
+
+def test_memory_breakdown_counts_each_owner_once():
+    device = torch.device("cpu")
+    bp, sll = (bench.memory_breakdown(config(method=m, model="deep-mlp", depth=3), 16, device) for m in ("bp", "sll"))
+    parameters = (144 * 800 + 800) + 2 * (800 * 800 + 800) + (800 * 10 + 10)
+    for m in (bp, sll):
+        assert m["parameters"] == m["gradients"] == 4 * parameters
+        assert m["optimizer"] >= 2 * 4 * parameters  # Adam's two moments (and its step counters)
+        assert m["total"] == sum(v for k, v in m.items() if k != "total")
+    assert bp["buffers"] == 0 and sll["buffers"] == 4 * 10 * (144 + 3 * 800)  # SLL's fixed projections
+    assert sll["saved"] < bp["saved"]
