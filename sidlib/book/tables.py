@@ -27,11 +27,11 @@ def accuracy_rows(runs: list[dict], references: list[dict], label=lambda row: ro
         c = mine[0]["config"]
         rows.append({"method": f"{label(row)} (ours)", "dataset": c["dataset"], "model": c["model"],
                      "protocol": f"{c['epochs']} epochs, {len(row['seeds'])} seeds",
-                     "test acc. (%)": f"{row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f}",
+                     "final test acc. (%)": f"{row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f}",
                      "best epoch (%)": f"{row['best_acc_mean']:.2f}"})
     for ref in references:
         std = f" ± {ref['std']:.2f}" if ref.get("std") is not None else ""
         rows.append({"method": f"{ref['method'].upper()} ({ref['source']})", "dataset": ref["dataset"],
-                     "model": ref["model"], "protocol": ref["protocol"], "test acc. (%)": f"{ref['acc']:.2f}{std}",
+                     "model": ref["model"], "protocol": ref["protocol"], "final test acc. (%)": f"{ref['acc']:.2f}{std}",
                      "best epoch (%)": ""})
     return rows
