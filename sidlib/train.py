@@ -128,8 +128,9 @@ def load_checkpoint(checkpoint_dir: Path, config: TrainConfig) -> dict:
                           f"or point --checkpoint-dir at a run's checkpoint folder")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     saved, asked = checkpoint["config"], config.to_dict()
+    defaults = TrainConfig().to_dict()  # a checkpoint older than an option was made with its default
     for key, value in asked.items():
-        if key not in RESUMABLE_CHANGES and saved.get(key) != value:
+        if key not in RESUMABLE_CHANGES and saved.get(key, defaults[key]) != value:
             raise ConfigError(f"--resume: the checkpoint was made with {key}={saved.get(key)!r} but this run "
                               f"asks {key}={value!r}; use the same options, or a new --checkpoint-dir")
     return checkpoint

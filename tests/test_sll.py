@@ -258,10 +258,25 @@ def test_bad_sll_options_end_with_one_line(options, message, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_options_are_recorded_in_the_run_config(tmp_path):
-    from sidlib.train import train
+def test_options_reach_the_model_and_are_recorded_in_the_run_config():
+    from sidlib.train import train_model
     cfg = replace(config(method="sll", model="mlp-2x800", train_subset=40, test_subset=20, batch_size=20),
-                  sll_codes=30, sll_predict="average", optimizer="adamax")
-    result = train(cfg)
+                  sll_codes=30, sll_code_map="first", sll_predict="average", sll_first_prior="none", optimizer="adamax")
+    model, result = train_model(cfg)
+    assert [p.weight.shape for p in model.sll.projections] == [(30, 800), (30, 800)]
+    assert model.sll.input_projection is None and model.sll.options.code_map == "first"
     assert result["config"]["sll_codes"] == 30 and result["config"]["sll_predict"] == "average"
-    assert result["config"]["optimizer"] == "adamax"
+    assert result["config"]["optimizer"] == "adamax" and math.isfinite(result["history"][0]["train_loss"])
+
+
+def test_a_bf16_step_projects_in_float32_and_matches_fp32_loosely():
+    model, cfg = prepared(name="sll-cnn-fmnist", depth=1, shape=(1, 28, 28), dropout=0.0)
+    images, labels = batch(shape=(1, 28, 28), n=4)
+    images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model.blocks[0](images)
+        assert h.dtype == torch.bfloat16 and model.sll.projections[0](h.flatten(1)).dtype == torch.float32
+    fp32 = sll.step(model, images, labels, cfg, no_autocast).item()
+    model.zero_grad()
+    bf16 = sll.step(model, images, labels, cfg, lambda: torch.autocast("cpu", dtype=torch.bfloat16)).item()
+    assert bf16 == pytest.approx(fp32, rel=0.05)

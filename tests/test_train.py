@@ -58,6 +58,35 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, method):
     assert resumed["final_test_acc"] == whole["final_test_acc"]
 
 
+def test_sll_resumes_exactly_with_its_projections(tmp_path):
+    cfg = config(method="sll", model="mlp-2x800", epochs=2, train_subset=300, test_subset=100)
+    whole = train(cfg)
+
+    def stop_after_first(record):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, checkpoint_dir=tmp_path, on_epoch_end=stop_after_first)
+    resumed = train(cfg, checkpoint_dir=tmp_path, resume=True)
+    assert without_timings(resumed["history"]) == without_timings(whole["history"])
+
+
+def test_a_checkpoint_older_than_an_option_resumes_with_its_default(tmp_path):
+    cfg = config(depth=2, epochs=2, train_subset=200)
+
+    def stop_after_first(record):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, checkpoint_dir=tmp_path, on_epoch_end=stop_after_first)
+    path = tmp_path / CHECKPOINT_NAME
+    checkpoint = torch.load(path, weights_only=False)
+    for key in [k for k in checkpoint["config"] if k.startswith("sll_")] + ["optimizer", "width"]:
+        del checkpoint["config"][key]  # as written before these options existed
+    torch.save(checkpoint, path)
+    assert len(train(cfg, checkpoint_dir=tmp_path, resume=True)["history"]) == 2
+
+
 def test_resume_refuses_a_different_run(tmp_path):
     from sidlib.config import ConfigError
     train(config(depth=2, epochs=1, train_subset=200), checkpoint_dir=tmp_path)

@@ -15,13 +15,16 @@ Each unit minimises, on its own graph, which is freed as soon as its loss is bac
 
 with D_B = -log sum_k sqrt(q_l[k] q_{l-1}[k]) the Bhattacharyya distance
 (``sidlib.divergences.bhattacharyya_distance``) and sg the stop-gradient: the parent's categorical is
-the one it computed in its own step. The model's head (its last Linear layer) is the final layer,
-trained the same way on the last unit's detached output; its logits are already a categorical over
-the classes, so it needs no projection.
+the one it computed in its own step. The model's head (its reduction, e.g. a ViT's LayerNorm and
+class token, and its Linear classifier) is the final layer, trained the same way on the last unit's
+detached output; its logits are already a categorical over the classes, so it needs no projection.
+The loss a step returns (the run's ``train_loss``) is the sum of all these local losses, so it is
+not comparable with BP's cross-entropy.
 
 What the paper leaves open is an option here (``SLLOptions``), recorded in every run's config:
 the distribution of R_l (entries of variance 1/d_l, so that R_l h has the scale of h's RMS; the
-temperature rescales, e.g. sqrt(d_l / k) gives the JL scaling 1/k), the dropout rate, the
+temperature rescales all layers alike: the JL scaling 1/k of one layer would be tau = sqrt(k / d_l)),
+the dropout rate (applied to the input's projection too, which gives the first prior), the
 temperature, the weight of D_B, the first unit's prior (a projection of the input, the parent of
 unit 1; uniform; or none), how k > C codes give a class probability (code j belongs to class j mod
 C and a class has the summed probability of its codes; or only the first C codes count), the
@@ -76,13 +79,13 @@ class SLLOptions:
                 raise ValueError(f"unknown --sll-{name.replace('_', '-')} {getattr(self, name)!r}; "
                                  f"choose one of: {', '.join(allowed)}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"--sll-dropout must lie in [0, 1), got {self.dropout}")
+            raise ValueError(f"--sll-dropout must lie in [0, 1), got {self.dropout}; 0 turns the dropout off")
         if not self.temperature > 0:
-            raise ValueError(f"--sll-temperature must be positive, got {self.temperature}")
+            raise ValueError(f"--sll-temperature must be positive, got {self.temperature}; 1 leaves the logits as they are")
         if not self.weight >= 0:
-            raise ValueError(f"--sll-weight must be at least 0, got {self.weight}")
+            raise ValueError(f"--sll-weight must be at least 0, got {self.weight}; 0 drops the Bhattacharyya term")
         if self.unit < 1:
-            raise ValueError(f"--sll-unit (blocks per unit) must be at least 1, got {self.unit}")
+            raise ValueError(f"--sll-unit (blocks per unit) must be at least 1, got {self.unit}; 1 is plain SLL")
         if self.codes is not None and num_classes is not None and self.codes < num_classes:
             raise ValueError(f"--sll-codes {self.codes} is below the {num_classes} classes, which would leave "
                              f"classes without a code; use at least {num_classes}, or leave it unset (= classes)")
@@ -105,8 +108,10 @@ class RandomProjection(nn.Module):
         self.dropout = dropout
 
     def forward(self, h: Tensor) -> Tensor:
-        weight = F.dropout(self.weight, self.dropout, self.training) if self.dropout else self.weight
-        return F.linear(h, weight.to(h.dtype))
+        """R h in float32, whatever the autocast (a bf16 projection of a 12,544-wide output loses digits)."""
+        with torch.autocast(h.device.type, enabled=False):
+            weight = F.dropout(self.weight, self.dropout, self.training) if self.dropout else self.weight
+            return F.linear(h.float(), weight.float())
 
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[1]}, codes={self.weight.shape[0]}, dropout={self.dropout}"
@@ -211,11 +216,12 @@ def _unit_output_dims(model, options: SLLOptions) -> list[int]:
 
 def prepare(model, config) -> None:
     """Attach ``model.sll``: one fixed random projection per unit (and one for the input when it is
-    the first unit's prior), sampled from the global generator, so the run's seed fixes them."""
+    the first unit's prior), sampled on the CPU from the global generator, so the run's seed fixes
+    them whatever the device, then moved to the model's device."""
     options = SLLOptions.from_config(config)
     options.check(model.num_classes)
     dims = _unit_output_dims(model, options)
-    model.sll = LocalHeads(model, options, dims, math.prod(model.input_shape))
+    model.sll = LocalHeads(model, options, dims, math.prod(model.input_shape)).to(next(model.parameters()).device)
 
 
 def step(model, images, labels, config, autocast, clock=untimed):
