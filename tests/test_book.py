@@ -63,6 +63,25 @@ def test_committed_cpu_results_are_complete_and_real():
     assert summary["preset"] == "cpu"
 
 
+@pytest.mark.parametrize("folder", sorted((ROOT / "results").glob("*/cpu")), ids=lambda p: p.parent.name)
+def test_every_committed_cpu_preset_ran_as_its_preset_says(folder):
+    """Each run of a committed cpu preset has the preset's scale, its whole history, and two seeds or more."""
+    stem = folder.parent.name
+    preset = book.presets_for(ROOT / "notebooks" / f"{stem}.ipynb")["cpu"]
+    assert json.loads((folder / book.COMPLETE_MARKER).read_text())["preset"] == "cpu"
+    assert (folder / f"{stem}.ipynb").is_file()  # the executed notebook the book shows
+    runs = [json.loads(p.read_text()) for p in folder.rglob("*-seed*.json")]
+    seeds = {}
+    for run in runs:
+        c = run["config"]
+        for key in ("epochs", "train_subset", "test_subset"):
+            if key in preset:
+                assert c[key] == preset[key], (run["command"], key)
+        assert len(run["history"]) == c["epochs"]
+        seeds.setdefault((c["dataset"], run.get("variant", c["method"])), set()).add(c["seed"])
+    assert all(len(s) >= min(2, len(preset.get("seeds", [0, 1]))) for s in seeds.values()), seeds
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "sidlib.book", *args], capture_output=True, text=True, timeout=120)
 
