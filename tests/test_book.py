@@ -68,9 +68,12 @@ def test_every_committed_cpu_preset_ran_as_its_preset_says(folder):
     """Each run of a committed cpu preset has the preset's scale, its whole history, and two seeds or more."""
     stem = folder.parent.name
     preset = book.presets_for(ROOT / "notebooks" / f"{stem}.ipynb")["cpu"]
-    assert json.loads((folder / book.COMPLETE_MARKER).read_text())["preset"] == "cpu"
     assert (folder / f"{stem}.ipynb").is_file()  # the executed notebook the book shows
     runs = [json.loads(p.read_text()) for p in folder.rglob("*-seed*.json")]
+    if not runs:  # a measurement notebook (memory): its raw counts, nothing trained
+        assert any(folder.glob("*.json"))
+        return
+    assert json.loads((folder / book.COMPLETE_MARKER).read_text())["preset"] == "cpu"
     seeds = {}
     for run in runs:
         c = run["config"]
