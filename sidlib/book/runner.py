@@ -63,10 +63,12 @@ def results_dir(stem: str, preset: str, results_root: Path) -> Path:
 
 
 def largest_complete_preset(stem: str, results_root: Path) -> tuple[str, Path] | tuple[None, None]:
-    """The largest preset of ``stem`` whose results are complete, and its folder."""
+    """The largest preset of ``stem`` whose results are complete, and its folder: it has a summary,
+    or (a notebook that trains nothing, e.g. memory counts) its executed notebook, which ``run``
+    writes only once every cell has run."""
     for preset in reversed(PRESET_ORDER):
         folder = results_dir(stem, preset, results_root)
-        if (folder / COMPLETE_MARKER).is_file():
+        if (folder / COMPLETE_MARKER).is_file() or (folder / f"{stem}.ipynb").is_file():
             return preset, folder
     return None, None
 
