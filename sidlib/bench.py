@@ -114,7 +114,7 @@ def _setup(config: TrainConfig, batch_size: int, device: torch.device):
     METHODS[config.method].prepare(model, config)
     fmt = memory_format_for(model)
     model.to(device=device, memory_format=fmt)
-    optimizer = make_optimizer(model, config.lr, config.optimizer)
+    optimizer = make_optimizer(model, config.lr, config.optimizer, config.weight_decay)
     images = torch.randn(batch_size, *info.input_shape, device=device).contiguous(memory_format=fmt)
     labels = torch.randint(0, info.num_classes, (batch_size,), device=device)
     return model, optimizer, images, labels

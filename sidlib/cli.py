@@ -13,7 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import bench
-from .config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, ConfigError, TrainConfig
+from .config import (DEVICES, FF_GOODNESS, FF_NEGATIVES, FF_PREDICTIONS, LLS_PROJECTIONS, NOPROP_VARIANTS, OPTIMIZERS,
+                     PEPITA_SIGNS, PRECISIONS, SCHEDULES, ConfigError, TrainConfig)
 from .data import DATASETS, DataUnavailable
 from .divergences import KL_DIRECTIONS
 from .io import check_writable, write_json
@@ -76,6 +77,28 @@ def _parser() -> argparse.ArgumentParser:
                      help="a transformer unit's projected vector: class token or token mean")
     sll.add_argument("--sll-projection", choices=PROJECTIONS, default=d.sll_projection,
                      help="distribution of the projection's entries (variance 1/d)")
+    baselines = train.add_argument_group("the baselines' open choices (sidlib/methods/<method>.py)")
+    baselines.add_argument("--pepita-sign", choices=PEPITA_SIGNS, default=d.pepita_sign,
+                           help="PEPITA's input modulation x - F e (minus) or x + F e (plus); the update's sign follows")
+    baselines.add_argument("--pepita-feedback-scale", type=float, default=d.pepita_feedback_scale,
+                           help="scale of PEPITA's fixed random projection F of the error onto the input")
+    baselines.add_argument("--ff-threshold", type=float, default=d.ff_threshold, help="FF's goodness threshold")
+    baselines.add_argument("--ff-goodness", choices=FF_GOODNESS, default=d.ff_goodness,
+                           help="FF's goodness of a layer: sum or mean of its squared activities")
+    baselines.add_argument("--ff-predict", choices=FF_PREDICTIONS, default=d.ff_predict,
+                           help="FF's prediction: the label with the most summed goodness, or a linear read-out")
+    baselines.add_argument("--ff-negatives", choices=FF_NEGATIVES, default=d.ff_negatives,
+                           help="FF's negative labels: drawn from the other classes, or a permutation of the batch's")
+    baselines.add_argument("--noprop-variant", choices=NOPROP_VARIANTS, default=d.noprop_variant,
+                           help="NoProp as its paper (DT) or as the SID authors' code")
+    baselines.add_argument("--noprop-eta", type=float, default=d.noprop_eta, help="NoProp's weight of the denoising loss")
+    baselines.add_argument("--hsic-beta", type=float, default=d.hsic_beta,
+                           help="HSIC bottleneck's weight of the label term")
+    baselines.add_argument("--hsic-sigma", type=float, default=d.hsic_sigma, help="HSIC's Gaussian kernel width")
+    baselines.add_argument("--lls-projection", choices=LLS_PROJECTIONS, default=d.lls_projection,
+                           help="LLS's fixed class projections: periodic functions or random")
+    train.add_argument("--weight-decay", type=float, default=None,
+                       help="the optimiser's weight decay (default: its own, 0.01 for AdamW and 0 for the rest)")
     train.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     train.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
     train.add_argument("--label-noise", type=float, default=d.label_noise,

@@ -16,7 +16,14 @@ from .models import HEADS, MODELS, build_model, default_head
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
-OPTIMIZERS = ("adam", "adamw", "adamax")
+OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
+# The baselines' open choices (each a --<method>-* option; the method's module explains it)
+PEPITA_SIGNS = ("minus", "plus")
+FF_GOODNESS = ("sum", "mean")
+FF_PREDICTIONS = ("goodness", "readout")
+FF_NEGATIVES = ("other", "permute")
+NOPROP_VARIANTS = ("paper", "authors")
+LLS_PROJECTIONS = ("periodic", "random")
 _SLL = SLLOptions()
 
 
@@ -36,6 +43,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"
+    weight_decay: float | None = None  # None: the optimiser's default (0.01 for AdamW, 0 for the rest)
     alpha: float = 0.5
     kl: str = "forward"  # the authors' code; "reverse" is the paper's theory
     label_smoothing: float = 0.0
@@ -53,6 +61,18 @@ class TrainConfig:
     sll_unit: int = _SLL.unit
     sll_tokens: str = _SLL.tokens
     sll_projection: str = _SLL.projection
+    # The baselines' open choices, used by their --method only (sidlib/methods/<method>.py)
+    pepita_sign: str = "minus"
+    pepita_feedback_scale: float = 0.05
+    ff_threshold: float = 2.0
+    ff_goodness: str = "mean"
+    ff_predict: str = "goodness"
+    ff_negatives: str = "other"
+    noprop_variant: str = "paper"
+    noprop_eta: float = 0.1
+    hsic_beta: float = 500.0
+    hsic_sigma: float = 5.0
+    lls_projection: str = "periodic"
     train_subset: int | None = None
     test_subset: int | None = None
     data_root: str | None = None
@@ -67,11 +87,13 @@ class TrainConfig:
         """Raise ConfigError for the first option that cannot work. Returns self."""
         choices = {"method": METHODS, "model": MODELS, "dataset": DATASETS, "kl": KL_DIRECTIONS,
                    "extractor": EXTRACTOR_STRATEGIES, "schedule": SCHEDULES, "device": DEVICES,
-                   "precision": PRECISIONS, "optimizer": OPTIMIZERS}
+                   "precision": PRECISIONS, "optimizer": OPTIMIZERS, "pepita_sign": PEPITA_SIGNS,
+                   "ff_goodness": FF_GOODNESS, "ff_predict": FF_PREDICTIONS, "ff_negatives": FF_NEGATIVES,
+                   "noprop_variant": NOPROP_VARIANTS, "lls_projection": LLS_PROJECTIONS}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
-                raise ConfigError(f"unknown --{name} {value!r}; choose one of: {', '.join(allowed)}")
+                raise ConfigError(f"unknown --{name.replace('_', '-')} {value!r}; choose one of: {', '.join(allowed)}")
         if self.head is not None and self.head not in HEADS:
             raise ConfigError(f"unknown --head {self.head!r}; choose one of: {', '.join(HEADS)}")
         for name in ("depth", "epochs", "batch_size"):
@@ -79,6 +101,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ConfigError(f"--weight-decay must be at least 0, got {self.weight_decay}")
         if not 0 < self.alpha < 1:
             raise ConfigError(f"--alpha must lie strictly between 0 and 1, got {self.alpha}")
         if not 0 <= self.label_smoothing < 1:
@@ -88,6 +112,7 @@ class TrainConfig:
         info = DATASETS[self.dataset]
         try:
             SLLOptions.from_config(self).check(info.num_classes)
+            METHODS[self.method].check(self)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         for name, size in (("train", info.train_size), ("test", info.test_size)):

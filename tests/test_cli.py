@@ -66,6 +66,13 @@ BAD = {
     "image model on 1-D data": (["--model", "resnet18", "--dataset", "mnist1d"], "--model resnet18"),
     "simplecnn has no linear head": (["--head", "linear"], "no linear head"),
     "unknown head": (["--head", "mlp"], "--head"),
+    "weight decay negative": (["--weight-decay", "-0.1"], "--weight-decay"),
+    "unknown optimizer": (["--optimizer", "lion"], "--optimizer"),
+    "dfa on a cascade": (["--method", "dfa"], "--head linear"),
+    "noprop on a linear head": (["--method", "noprop", "--model", "mlp-2x800"], "--head cascade"),
+    "unknown noprop variant": (["--method", "noprop", "--noprop-variant", "simple"], "--noprop-variant"),
+    "unknown ff goodness": (["--method", "ff", "--model", "mlp-2x800", "--ff-goodness", "max"], "--ff-goodness"),
+    "unknown pepita sign": (["--method", "pepita", "--model", "mlp-2x800", "--pepita-sign", "zero"], "--pepita-sign"),
 }
 
 

@@ -18,6 +18,10 @@ SID_PAPER = [
      "std": None, "protocol": "batch 256, L=5 or 8, best test accuracy over epochs"},
     {"source": "authors' code log", "dataset": "mnist", "model": "simplecnn", "method": "sid", "acc": 99.31,
      "std": None, "protocol": "batch 256, L=5 or 8, best test accuracy over epochs"},
+    {"source": "authors' code log", "dataset": "cifar10", "model": "simplecnn", "method": "noprop", "acc": 80.77,
+     "std": None, "protocol": "the authors' simplified NoProp, batch 256, best test accuracy over epochs"},
+    {"source": "authors' code log", "dataset": "cifar100", "model": "simplecnn", "method": "noprop", "acc": 41.01,
+     "std": None, "protocol": "the authors' simplified NoProp, batch 256, L=8, best test accuracy over epochs"},
 ]
 
 # SLL paper (Yin & Corradi 2025), Tables 1-3: mean ± std over its runs (the number of seeds is not
@@ -45,4 +49,21 @@ SLL_PAPER = [
      "std": None, "memory_gb": 3.05, "protocol": "ViT 7 blocks, width 384, AdamW lr 3e-3, batch 128, 500 epochs"},
     {"source": "SLL paper, Table 3", "dataset": "cifar10", "model": "sll-vit", "method": "sll", "acc": 92.17,
      "std": None, "memory_gb": 1.18, "protocol": "SLL7+ (7 units), otherwise as BP"},
+]
+
+# The baselines of SLL's Tables 1 and 2 (the paper's citations of other work; no spread given).
+# TP (target propagation), SP, SoftHebb and DF-R are not implemented here; TFF is a Forward-Forward
+# variant, set beside our FF.
+_SLL_BASELINES = {
+    ("mnist", "mlp-2x800"): {"tp": 97.96, "fa": 98.36, "dfa": 98.26, "pepita": 98.01, "sp": 98.29},
+    ("cifar10", "mlp-3x1000"): {"tp": 49.64, "fa": 53.10, "dfa": 57.10, "pepita": 52.57, "sp": 57.38},
+    ("cifar100", "mlp-3x1000"): {"fa": 25.70, "dfa": 26.90, "pepita": 24.91, "sp": 29.70},
+    ("fashion-mnist", "sll-cnn-fmnist"): {"fa": 91.12, "dfa": 91.54, "dkp": 91.66, "lls": 90.54, "tff": 91.44},
+    ("cifar10", "sll-cnn-cifar10"): {"dfa": 62.70, "dkp": 64.69, "lls": 88.64, "tff": 83.51},
+    ("cifar100", "sll-cnn-cifar100"): {"dfa": 48.03, "dkp": 52.62, "lls": 58.84},
+}
+SLL_PAPER_BASELINES = [
+    {"source": f"SLL paper, Table {1 if model.startswith('mlp') else 2}", "dataset": dataset, "model": model,
+     "method": method, "acc": acc, "std": None, "protocol": "as reported by the SLL paper"}
+    for (dataset, model), row in _SLL_BASELINES.items() for method, acc in row.items()
 ]
