@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="distribution of the projection's entries (variance 1/d)")
     baselines = train.add_argument_group("the baselines' open choices (sidlib/methods/<method>.py)")
     baselines.add_argument("--pepita-sign", choices=PEPITA_SIGNS, default=d.pepita_sign,
-                           help="PEPITA's input modulation x - F e (minus) or x + F e (plus); the update's sign follows")
+                           help="PEPITA's input modulation x - F e (minus) or x + F e (plus); the update rule is the same, "
+                                "so plus with F is minus with -F")
     baselines.add_argument("--pepita-feedback-scale", type=float, default=d.pepita_feedback_scale,
                            help="scale of PEPITA's fixed random projection F of the error onto the input")
     baselines.add_argument("--ff-threshold", type=float, default=d.ff_threshold, help="FF's goodness threshold")

@@ -11,7 +11,7 @@ from .divergences import KL_DIRECTIONS
 from .methods import METHODS
 from .methods.sid import EXTRACTOR_STRATEGIES
 from .methods.sll import SLLOptions
-from .models import HEADS, MODELS, build_model, default_head
+from .models import CASCADES, HEADS, MODELS, STACKS, build_model, default_head
 
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -140,8 +140,12 @@ class TrainConfig:
             raise ConfigError(f"--model {self.model} on {self.dataset}: {error}") from None
         method = METHODS[self.method]
         if head not in method.heads:
-            fix = ("add --head cascade to train SID's refinement modules on this backbone" if "cascade" in method.heads
-                   else f"use --head {method.heads[0]}")
+            if "cascade" in method.heads:  # a cascade-only method (SID, NoProp) on a linear head
+                fix = ("use --model simplecnn, or a backbone such as vgg11 with --head cascade" if self.model in STACKS
+                       else "add --head cascade to train refinement modules on this backbone")
+            else:  # a method for blocks and a head (SLL, DFA, ...) on a belief cascade
+                fix = ("use a model with blocks and a head, e.g. --model mlp-2x800 or sll-cnn-fmnist"
+                       if self.model in CASCADES else f"use --head {method.heads[0]}")
             raise ConfigError(f"--method {self.method} cannot train {self.model} with a {head} head; {fix}")
 
     def resolved_device(self) -> torch.device:

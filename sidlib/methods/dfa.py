@@ -93,8 +93,12 @@ def prepare(model, config) -> None:
 
 
 def injected_gradient(error: Tensor, feedback: Tensor, h: Tensor) -> Tensor:
-    """dL/dh_l := e B_l, in h_l's shape and dtype (computed in float32)."""
-    return (error @ feedback.float()).view(h.shape).to(h.dtype)
+    """dL/dh_l := e B_l, in h_l's shape, dtype and memory format (computed in float32). B_l is detached:
+    under DKP it is a parameter, whose gradient is set by the Kolen-Pollack rule, not through this."""
+    grad = (error @ feedback.detach().float()).view(h.shape).to(h.dtype)
+    if h.dim() == 4 and not h.is_contiguous() and h.is_contiguous(memory_format=torch.channels_last):
+        grad = grad.contiguous(memory_format=torch.channels_last)  # as h, so the conv's backward needs no conversion
+    return grad
 
 
 def direct_feedback_step(model, feedback: DirectFeedback, images, labels, config, autocast, clock=untimed):

@@ -7,7 +7,8 @@ l's output to the output, would get (Kolen & Pollack 1994, as Akrout et al. 2019
 
     dB_l = e^T h_l       e = dL/dlogits (N x C), h_l = block l's output (N x d_l)   (``kolen_pollack_gradient``)
 
-and the run's optimiser applies it, with the run's weight decay lambda; with plain SGD,
+and the run's optimiser applies it, with the run's weight decay lambda; with SGD without momentum (for illustration: ``--optimizer sgd``
+has momentum 0.9, which keeps the argument, a linear recurrence, but not this formula),
 B_l <- B_l - lr (e^T h_l + lambda B_l). A V_l trained alongside would receive the same update, so
 B_l - V_l shrinks by the factor (1 - lr lambda) each step whatever the data: weight decay is what
 brings B_l to that learned direct connection; without it B_l - V_l keeps its random start.

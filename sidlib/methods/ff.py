@@ -70,7 +70,7 @@ Open choices, what we picked, and why:
 Two readings are common: (a) Hinton's and Löwe's, the sum of squares against theta = D_l and a
 linear read-out on neutral-label activities, and (b) the common PyTorch reproduction's, the mean of
 squares against theta = 2 and prediction by summed goodness. The defaults (``--ff-goodness mean``,
-``--ff-threshold 2``, ``--ff-predict goodness``) are (b) exactly; ``--ff-goodness sum --ff-threshold 1
+``--ff-threshold 2``, ``--ff-predict goodness``) take (b)'s goodness, threshold and prediction; ``--ff-goodness sum --ff-threshold 1
 --ff-predict readout`` gives (a). With a per-unit threshold the sum
 and the mean share their boundary, and in our runs they end level (83.6% and 82.2% after 8 epochs of
 mlp-2x800 on Fashion-MNIST); the mean learns faster at the start.

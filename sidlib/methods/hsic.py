@@ -128,7 +128,7 @@ def step(model, images, labels, config, autocast, clock=untimed):
     objective = lambda z: bottleneck_objective(z, input_kernel, label_kernel,  # noqa: E731
                                                config.hsic_sigma, config.hsic_beta)
     if isinstance(model, BeliefCascade):
-        return cascade_step(model, images, labels, objective, autocast, clock)
+        return cascade_step(model, images, labels, objective, autocast, clock, config.label_smoothing)
     x, losses = images, []
     for i, block in enumerate(model.blocks):
         with clock("unit_forward", i):
@@ -142,14 +142,14 @@ def step(model, images, labels, config, autocast, clock=untimed):
     with clock("head_forward"):
         with autocast():
             logits = model.head(x)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
     with clock("head_backward"):
         loss.backward()
     losses.append(loss.detach())
     return torch.stack(losses).sum()
 
 
-def cascade_step(model, images, labels, objective, autocast, clock=untimed):
+def cascade_step(model, images, labels, objective, autocast, clock=untimed, label_smoothing=0.0):
     """The extractor and modules 1..L-1 as units, the last module as the output layer."""
     with clock("extractor_forward"):
         with autocast():
@@ -165,7 +165,7 @@ def cascade_step(model, images, labels, objective, autocast, clock=untimed):
         with clock("module_forward", i):
             with autocast():
                 logits = block(belief, features)
-            loss = F.cross_entropy(logits.float(), labels) if last else objective(logits)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing) if last else objective(logits)
         with clock("module_backward", i):
             loss.backward()
         losses.append(loss.detach())

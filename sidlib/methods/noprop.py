@@ -169,8 +169,9 @@ def sample_q(u_y: Tensor, alpha_bar_t: Tensor, noise: Tensor) -> Tensor:
 
 
 def predicted_embedding(logits: Tensor, embedding: Tensor) -> Tensor:
-    """u_hat = softmax(logits) W, in float32."""
-    return torch.softmax(logits.float(), dim=1) @ embedding.float()
+    """u_hat = softmax(logits) W, in float32 (also inside an autocast region, e.g. evaluation's)."""
+    with torch.autocast(logits.device.type, enabled=False):
+        return torch.softmax(logits.float(), dim=1) @ embedding.float()
 
 
 def denoising_loss(u_hat: Tensor, u_y: Tensor, weight: Tensor) -> Tensor:
@@ -242,6 +243,9 @@ class NoPropParts(nn.Module):
 def check(config) -> None:
     if not config.noprop_eta > 0:
         raise ValueError(f"--noprop-eta must be positive, got {config.noprop_eta}; the paper uses 0.1")
+    if config.label_smoothing:
+        raise ValueError(f"--label-smoothing {config.label_smoothing} has no meaning for NoProp (its targets are "
+                         "label embeddings); drop it or set it to 0")
 
 
 def prepare(model, config) -> None:
@@ -337,7 +341,8 @@ def paper_inference(model, features: Tensor, noise: Tensor) -> Tensor:
     for i, block in enumerate(model.blocks):
         u_hat = predicted_embedding(block(z, features), parts.embedding)
         z = a[i] * u_hat + b[i] * z + c[i].sqrt() * noise[i + 1]
-    return parts.output(z).float()
+    with torch.autocast(z.device.type, enabled=False):  # as in training: the output layer runs in float32
+        return parts.output(z.float())
 
 
 def authors_inference(model, features: Tensor, noise: Tensor) -> Tensor:
