@@ -69,13 +69,16 @@ class LinearWithFeedback(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, feedback):
-        ctx.save_for_backward(x, feedback)
+        # B is the layer's persistent state, like W, not an activation: it is kept on ctx rather than
+        # saved, so the saved-tensor meter counts FA's activations only (B is never changed in place)
+        ctx.save_for_backward(x)
+        ctx.feedback = feedback
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_output):
-        x, feedback = ctx.saved_tensors
+        (x,), feedback = ctx.saved_tensors, ctx.feedback
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_output @ feedback
@@ -93,14 +96,17 @@ class ConvWithFeedback(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, feedback, stride, padding, dilation, groups):
-        ctx.save_for_backward(x, feedback)
+        # B is the layer's persistent state, like W, not an activation: it is kept on ctx rather than
+        # saved, so the saved-tensor meter counts FA's activations only (B is never changed in place)
+        ctx.save_for_backward(x)
+        ctx.feedback = feedback
         ctx.bias_sizes = None if bias is None else list(bias.shape)
         ctx.geometry = (stride, padding, dilation, groups)
         return torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
 
     @staticmethod
     def backward(ctx, grad_output):
-        x, feedback = ctx.saved_tensors
+        (x,), feedback = ctx.saved_tensors, ctx.feedback
         stride, padding, dilation, groups = ctx.geometry
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                  ctx.bias_sizes is not None and ctx.needs_input_grad[2])
