@@ -65,15 +65,22 @@ def test_committed_cpu_results_are_complete_and_real():
 
 @pytest.mark.parametrize("folder", sorted((ROOT / "results").glob("*/cpu")), ids=lambda p: p.parent.name)
 def test_every_committed_cpu_preset_ran_as_its_preset_says(folder):
-    """Each run of a committed cpu preset has the preset's scale, its whole history, and two seeds or more."""
+    """Each run of a committed cpu preset has the preset's scale, its whole history, and two seeds or more.
+    A preset still running (runs committed as they finish, no summary or executed notebook yet) has its
+    finished runs checked the same way; the book does not show it until it is complete."""
     stem = folder.parent.name
     preset = book.presets_for(ROOT / "notebooks" / f"{stem}.ipynb")["cpu"]
-    assert (folder / f"{stem}.ipynb").is_file()  # the executed notebook the book shows
+    complete = (folder / f"{stem}.ipynb").is_file()  # the executed notebook the book shows
     runs = [json.loads(p.read_text()) for p in folder.rglob("*-seed*.json")]
-    if not runs:  # a measurement notebook (memory): its raw counts, nothing trained
+    if not complete:
+        assert runs and not (folder / book.COMPLETE_MARKER).exists(), f"{folder}: neither complete nor in progress"
+        toc = (ROOT / "_toc.yml").read_text()
+        assert f"results/{stem}/cpu" not in toc, f"{stem}'s cpu preset is in the book but has not finished"
+    elif not runs:  # a measurement notebook (memory): its raw counts, nothing trained
         assert any(folder.glob("*.json"))
         return
-    assert json.loads((folder / book.COMPLETE_MARKER).read_text())["preset"] == "cpu"
+    else:
+        assert json.loads((folder / book.COMPLETE_MARKER).read_text())["preset"] == "cpu"
     seeds = {}
     for run in runs:
         c = run["config"]
@@ -82,7 +89,8 @@ def test_every_committed_cpu_preset_ran_as_its_preset_says(folder):
                 assert c[key] == preset[key], (run["command"], key)
         assert len(run["history"]) == c["epochs"]
         seeds.setdefault((c["dataset"], run.get("variant", c["method"])), set()).add(c["seed"])
-    assert all(len(s) >= min(2, len(preset.get("seeds", [0, 1]))) for s in seeds.values()), seeds
+    if complete:
+        assert all(len(s) >= min(2, len(preset.get("seeds", [0, 1]))) for s in seeds.values()), seeds
 
 
 def run_cli(*args):
