@@ -18,6 +18,10 @@ SID_PAPER = [
      "std": None, "protocol": "batch 256, L=5 or 8, best test accuracy over epochs"},
     {"source": "authors' code log", "dataset": "mnist", "model": "simplecnn", "method": "sid", "acc": 99.31,
      "std": None, "protocol": "batch 256, L=5 or 8, best test accuracy over epochs"},
+]
+
+# The SID authors' code log for their simplified NoProp (SID's Table 1 baseline), on the SimpleCNN.
+SID_PAPER_BASELINES = [
     {"source": "authors' code log", "dataset": "cifar10", "model": "simplecnn", "method": "noprop", "acc": 80.77,
      "std": None, "protocol": "the authors' simplified NoProp, batch 256, best test accuracy over epochs"},
     {"source": "authors' code log", "dataset": "cifar100", "model": "simplecnn", "method": "noprop", "acc": 41.01,
