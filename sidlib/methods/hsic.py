@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import BeliefCascade
+from .local import blockwise_step
 from .stages import untimed
 
 DESCRIPTION = "each block trained alone to keep HSIC with the labels and drop HSIC with the input (HSIC bottleneck)"
@@ -129,24 +130,7 @@ def step(model, images, labels, config, autocast, clock=untimed):
                                                config.hsic_sigma, config.hsic_beta)
     if isinstance(model, BeliefCascade):
         return cascade_step(model, images, labels, objective, autocast, clock, config.label_smoothing)
-    x, losses = images, []
-    for i, block in enumerate(model.blocks):
-        with clock("unit_forward", i):
-            with autocast():
-                h = block(x)
-            loss = objective(h)
-        with clock("unit_backward", i):
-            loss.backward()  # frees this unit's graph before the next unit runs
-        losses.append(loss.detach())
-        x = h.detach()
-    with clock("head_forward"):
-        with autocast():
-            logits = model.head(x)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-    with clock("head_backward"):
-        loss.backward()
-    losses.append(loss.detach())
-    return torch.stack(losses).sum()
+    return blockwise_step(model, images, labels, lambda i, h: objective(h), config.label_smoothing, autocast, clock)
 
 
 def cascade_step(model, images, labels, objective, autocast, clock=untimed, label_smoothing=0.0):

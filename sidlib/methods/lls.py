@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .local import blockwise_step
 from .stages import untimed
 
 HEADS = ("linear",)  # trains a network's blocks and its classifier, not a belief cascade
@@ -163,24 +164,10 @@ def prepare(model, config) -> None:
 def step(model, images, labels, config, autocast, clock=untimed):
     """Each block's local loss, backpropagated at once on its own graph (its input detached); then
     the head's cross-entropy on the last block's detached output. Returns their sum (detached)."""
-    x, losses = images, []
-    for i, (block, projection) in enumerate(zip(model.blocks, model.lls.projections)):
-        with clock("unit_forward", i):
-            with autocast():
-                h = block(x)
-            loss = local_loss(projection(h), labels, config.label_smoothing)
-        with clock("unit_backward", i):
-            loss.backward()  # frees this block's graph before the next block runs
-        losses.append(loss.detach())
-        x = h.detach()
-    with clock("head_forward"):
-        with autocast():
-            logits = model.head(x)
-        loss = local_loss(logits, labels, config.label_smoothing)
-    with clock("head_backward"):
-        loss.backward()
-    losses.append(loss.detach())
-    return torch.stack(losses).sum()
+    projections = model.lls.projections
+    return blockwise_step(model, images, labels,
+                          lambda i, h: local_loss(projections[i](h), labels, config.label_smoothing),
+                          config.label_smoothing, autocast, clock)
 
 
 @torch.no_grad()
