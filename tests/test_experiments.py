@@ -6,7 +6,7 @@ import pytest
 
 from helpers import config
 from sidlib import cli
-from sidlib.book import experiments
+from sidlib.book import experiments, tables
 from sidlib.config import TrainConfig
 
 
@@ -64,3 +64,27 @@ def test_summaries_against_a_hand_computation():
     curves = experiments.learning_curves(runs)
     assert curves["sid"]["mean"] == [52.5, 67.5, 71] and curves["sid"]["min"] == [50, 60, 70]
     assert curves["sid"]["max"] == [55, 75, 72] and curves["bp"]["epoch"] == [1, 2, 3]
+
+
+def test_provenance_names_the_variants_whose_scale_or_hardware_differs():
+    def fake(variant, seed, train_subset, threads):
+        return {"variant": variant, "final_test_acc": 50.0 + seed, "history": [{"test_acc": 50.0 + seed, "epoch_seconds": 1.0}],
+                "config": {"method": variant, "seed": seed, "dataset": "fashion-mnist", "train_subset": train_subset,
+                           "test_subset": None, "epochs": 1, "batch_size": 128, "optimizer": "adam", "lr": 0.001,
+                           "schedule": "cosine", "precision": "fp32", "model": "simplecnn"},
+                "environment": {"device": "cpu", "processor": "x", "threads": threads, "torch": "2"},
+                "command": f"python -m sidlib train --method {variant} --seed {seed}"}
+
+    same = [fake("bp", s, None, 2) for s in (0, 1)] + [fake("sid", s, None, 2) for s in (0, 1)]
+    text = tables.provenance("cpu", same)
+    assert "all training images, all test images" in text and "hardware: cpu (x, 2 threads), torch 2\n" in text
+    assert all("training images" not in row["protocol"] for row in tables.accuracy_rows(same, []))
+    mixed = [fake("bp", s, None, 1) for s in (0, 1)] + [fake("ff", s, 20000, 2) for s in (0, 1)]
+    lines = tables.provenance("cpu", mixed).splitlines()
+    assert "all training images (bp); 20000 training images (ff)," in lines[0]
+    assert lines[1:3] == ["hardware: cpu (x, 1 threads), torch 2 (bp)", "hardware: cpu (x, 2 threads), torch 2 (ff)"]
+    assert lines[3:] == ["commands:", "  python -m sidlib train --method bp --seed S",
+                         "  python -m sidlib train --method ff --seed S"]
+    protocols = {row["method"]: row["protocol"] for row in tables.accuracy_rows(mixed, [])}
+    assert protocols == {"bp (ours)": "1 epochs, 2 seeds, all training images",
+                         "ff (ours)": "1 epochs, 2 seeds, 20000 training images"}

@@ -1,32 +1,52 @@
 """What an experiment page prints about its runs: their scale and provenance, and our numbers beside the paper's."""
 from __future__ import annotations
 
-from .experiments import summarise
+from .experiments import summarise, variant_of
+
+
+def _by_variant(runs: list[dict], key) -> dict:
+    """``key(run)`` -> the variants whose runs have it, in the order first seen."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(key(r), [])
+        if variant_of(r) not in groups[key(r)]:
+            groups[key(r)].append(variant_of(r))
+    return groups
+
+
+def _hardware(env: dict) -> str:
+    return f"{env['device']} ({env['processor']}, {env['threads']} threads), torch {env['torch']}"
 
 
 def provenance(preset: str, runs: list[dict]) -> str:
-    """Scale, seeds, hardware and the commands (seed as S) of a preset's runs, as lines of text."""
-    c, env = runs[0]["config"], runs[0]["environment"]
+    """Scale, seeds, hardware and the commands (seed as S) of a preset's runs, as lines of text.
+    Where the runs differ in training images or hardware, each group's variants are named."""
+    c = runs[0]["config"]
     seeds = sorted({r["config"]["seed"] for r in runs})
     datasets = sorted({r["config"]["dataset"] for r in runs})
-    lines = [f"showing preset {preset!r}: {', '.join(datasets)}, {c['train_subset'] or 'all'} training images, "
+    subsets = _by_variant(runs, lambda r: r["config"]["train_subset"] or "all")
+    images = "; ".join(f"{n} training images" + (f" ({', '.join(v)})" if len(subsets) > 1 else "")
+                       for n, v in subsets.items())
+    hardware = _by_variant(runs, lambda r: _hardware(r["environment"]))
+    lines = [f"showing preset {preset!r}: {', '.join(datasets)}, {images}, "
              f"{c['test_subset'] or 'all'} test images, {c['epochs']} epochs, seeds {seeds}, batch {c['batch_size']}, "
-             f"{c['optimizer']} lr {c['lr']}, {c['schedule']} schedule, {c['precision']}",
-             f"hardware: {env['device']} ({env['processor']}, {env['threads']} threads), torch {env['torch']}",
-             "commands:"]
+             f"{c['optimizer']} lr {c['lr']}, {c['schedule']} schedule, {c['precision']}"]
+    lines += [f"hardware: {h}" + (f" ({', '.join(v)})" if len(hardware) > 1 else "") for h, v in hardware.items()]
     commands = sorted({r["command"].replace(f"--seed {r['config']['seed']}", "--seed S") for r in runs})
-    return "\n".join(lines + [f"  {command}" for command in commands])
+    return "\n".join(lines + ["commands:"] + [f"  {command}" for command in commands])
 
 
 def accuracy_rows(runs: list[dict], references: list[dict], label=lambda row: row["variant"]) -> list[dict]:
     """One row per variant of ``runs`` (ours: final and best-epoch accuracy, mean ± std over seeds),
     then the paper's rows in ``references`` (sidlib.book.reference)."""
     rows = []
+    mixed_subsets = len({r["config"]["train_subset"] for r in runs}) > 1
     for row in summarise(runs):
-        mine = [r for r in runs if r.get("variant", r["config"]["method"]) == row["variant"]]
+        mine = [r for r in runs if variant_of(r) == row["variant"]]
         c = mine[0]["config"]
+        images = f", {c['train_subset'] or 'all'} training images" if mixed_subsets else ""
         rows.append({"method": f"{label(row)} (ours)", "dataset": c["dataset"], "model": c["model"],
-                     "protocol": f"{c['epochs']} epochs, {len(row['seeds'])} seeds",
+                     "protocol": f"{c['epochs']} epochs, {len(row['seeds'])} seeds{images}",
                      "final test acc. (%)": f"{row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f}",
                      "best epoch (%)": f"{row['best_acc_mean']:.2f}"})
     for ref in references:
