@@ -88,3 +88,24 @@ def test_provenance_names_the_variants_whose_scale_or_hardware_differs():
     protocols = {row["method"]: row["protocol"] for row in tables.accuracy_rows(mixed, [])}
     assert protocols == {"bp (ours)": "1 epochs, 2 seeds, all training images",
                          "ff (ours)": "1 epochs, 2 seeds, 20000 training images"}
+
+
+def test_bench_ratios_divide_by_the_baseline_of_the_same_run():
+    records = [{"method": "bp", "step_seconds": 0.2, "peak_saved_bytes": 1000},
+               {"method": "sid", "step_seconds": 0.3, "peak_saved_bytes": 250}]
+    ratios = tables.bench_ratios(records)
+    assert ratios["bp"] == {"time": 1.0, "saved": 1.0}
+    assert ratios["sid"]["time"] == pytest.approx(1.5) and ratios["sid"]["saved"] == 0.25
+    assert tables.bench_ratios(records, baseline="sid")["bp"]["saved"] == 4.0
+
+
+def test_record_shown_names_each_variants_accuracy_and_each_methods_ratios(monkeypatch):
+    import sidlib.book.notebook
+
+    recorded = {}
+    monkeypatch.setattr(sidlib.book.notebook, "record", lambda name, value: recorded.setdefault(name, value))
+    runs = [{"variant": "noprop-authors", "final_test_acc": acc, "history": [{"test_acc": acc, "epoch_seconds": 1.0}],
+             "config": {"method": "noprop", "seed": seed, "epochs": 1}} for seed, acc in ((0, 70.0), (1, 74.0))]
+    tables.record_shown(runs, {"noprop": {"time": 1.25, "saved": 0.5}})
+    assert recorded == {"shown_noprop-authors_acc": 72.0, "shown_noprop-authors_acc_std": pytest.approx(statistics.stdev([70, 74])),
+                        "shown_noprop_time": 1.25, "shown_noprop_saved": 0.5}

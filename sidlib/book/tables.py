@@ -55,3 +55,26 @@ def accuracy_rows(runs: list[dict], references: list[dict], label=lambda row: ro
                      "model": ref["model"], "protocol": ref["protocol"], "final test acc. (%)": f"{ref['acc']:.2f}{std}",
                      "best epoch (%)": ""})
     return rows
+
+
+def bench_ratios(bench_records: list[dict], baseline: str = "bp") -> dict[str, dict[str, float]]:
+    """Each method's time per step (``time``) and peak saved-tensor bytes (``saved``) as multiples of
+    ``baseline``'s, from one ``sidlib bench`` run (its methods were interleaved, so the ratios are fair)."""
+    by_method = {r["method"]: r for r in bench_records}
+    base = by_method[baseline]
+    return {method: {"time": r["step_seconds"] / base["step_seconds"],
+                     "saved": r["peak_saved_bytes"] / base["peak_saved_bytes"]} for method, r in by_method.items()}
+
+
+def record_shown(runs: list[dict], ratios: dict[str, dict[str, float]] | None = None, prefix: str = "shown") -> None:
+    """Record the shown preset's numbers, so that the page's prose cites them (``{glue:text}`shown_sid_acc:.2f```)
+    instead of retyping them: per variant ``<prefix>_<variant>_acc`` and ``_acc_std`` (final test accuracy, mean
+    and std over seeds); per benchmarked method ``<prefix>_<method>_time`` and ``_saved`` (:func:`bench_ratios`)."""
+    from .notebook import record
+
+    for row in summarise(runs):
+        record(f"{prefix}_{row['variant']}_acc", row["final_acc_mean"])
+        record(f"{prefix}_{row['variant']}_acc_std", row["final_acc_std"])
+    for method, ratio in (ratios or {}).items():
+        record(f"{prefix}_{method}_time", ratio["time"])
+        record(f"{prefix}_{method}_saved", ratio["saved"])
