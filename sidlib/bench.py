@@ -110,7 +110,8 @@ class _Saved:
 def _setup(config: TrainConfig, batch_size: int, device: torch.device):
     info = DATASETS[config.dataset]
     torch.manual_seed(config.seed)
-    model = build_model(config.model, info.input_shape, info.num_classes, config.depth, config.head, config.width)
+    model = build_model(config.model, info.input_shape, info.num_classes, config.depth, config.head, config.width,
+                        config.belief_input)
     METHODS[config.method].prepare(model, config)
     fmt = memory_format_for(model)
     model.to(device=device, memory_format=fmt)
@@ -167,7 +168,7 @@ def module_saved_bytes(config: TrainConfig, batch_size: int, device: torch.devic
     features = model.extractor(images).detach().requires_grad_()
     belief = model.uniform_belief(features)
     with SavedTensorMeter(exclude=list(model.parameters())) as meter, autocast_for(device, config.precision)():
-        output = torch.softmax(model.blocks[0](belief, features).float(), dim=1)
+        output = model.module_input(model.module_logits(0, belief, features).float())
     del output
     return meter.peak
 

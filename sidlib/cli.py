@@ -21,7 +21,7 @@ from .io import check_writable, write_json
 from .methods import METHODS
 from .methods.sid import EXTRACTOR_STRATEGIES
 from .methods.sll import CODE_MAPS, FIRST_PRIORS, PREDICTION_RULES, PROJECTIONS, TOKEN_SUMMARIES
-from .models import HEADS, MODELS, STACKS, size_table
+from .models import BELIEF_INPUTS, HEADS, MODELS, STACKS, size_table
 
 EXIT_USAGE = 2
 
@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--depth", type=int, default=d.depth,
                        help="refinement modules L of a cascade head, or blocks of a deep-* model")
     train.add_argument("--width", type=int, default=None, help="hidden width of an MLP (default: the model's own)")
+    train.add_argument("--belief-input", choices=BELIEF_INPUTS, default=d.belief_input,
+                       help="what a cascade's module reads of the one before: its belief softmax(z), as in the SID "
+                            "paper; its logits z (no softmax between modules); or z plus an update (residual)")
     train.add_argument("--epochs", type=int, default=d.epochs)
     train.add_argument("--batch-size", type=int, default=d.batch_size)
     train.add_argument("--lr", type=float, default=d.lr)

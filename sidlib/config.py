@@ -11,7 +11,7 @@ from .divergences import KL_DIRECTIONS
 from .methods import METHODS
 from .methods.sid import EXTRACTOR_STRATEGIES
 from .methods.sll import SLLOptions
-from .models import CASCADES, HEADS, MODELS, STACKS, build_model, default_head
+from .models import BELIEF_INPUTS, CASCADES, HEADS, MODELS, STACKS, build_model, default_head
 
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -38,6 +38,7 @@ class TrainConfig:
     head: str | None = None  # None: the model's own (cascade for the SimpleCNN, linear for the rest)
     dataset: str = "fashion-mnist"
     depth: int = 10  # refinement modules of a cascade head, or blocks of a deep-* model
+    belief_input: str = "softmax"  # what a cascade's module reads of the one before (sidlib.models.cascade)
     width: int | None = None  # hidden width of an MLP (None: the model's own)
     epochs: int = 1
     batch_size: int = 128
@@ -89,7 +90,8 @@ class TrainConfig:
                    "extractor": EXTRACTOR_STRATEGIES, "schedule": SCHEDULES, "device": DEVICES,
                    "precision": PRECISIONS, "optimizer": OPTIMIZERS, "pepita_sign": PEPITA_SIGNS,
                    "ff_goodness": FF_GOODNESS, "ff_predict": FF_PREDICTIONS, "ff_negatives": FF_NEGATIVES,
-                   "noprop_variant": NOPROP_VARIANTS, "lls_projection": LLS_PROJECTIONS}
+                   "noprop_variant": NOPROP_VARIANTS, "lls_projection": LLS_PROJECTIONS,
+                   "belief_input": BELIEF_INPUTS}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -135,7 +137,7 @@ class TrainConfig:
         head = self.resolved_head()
         try:
             with torch.device("meta"):
-                build_model(self.model, input_shape, num_classes, self.depth, self.head, self.width)
+                build_model(self.model, input_shape, num_classes, self.depth, self.head, self.width, self.belief_input)
         except ValueError as error:
             raise ConfigError(f"--model {self.model} on {self.dataset}: {error}") from None
         method = METHODS[self.method]

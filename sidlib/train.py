@@ -166,7 +166,8 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
                              config.label_noise, noise_seed=config.seed, test_subset=config.test_subset)
 
     torch.manual_seed(config.seed)
-    model = build_model(config.model, data.info.input_shape, data.info.num_classes, config.depth, config.head, config.width)
+    model = build_model(config.model, data.info.input_shape, data.info.num_classes, config.depth, config.head, config.width,
+                        config.belief_input)
     method = METHODS[config.method]
     method.prepare(model, config)  # before the optimiser, so what it attaches is trained and saved
     fmt = memory_format_for(model)

@@ -75,6 +75,9 @@ BAD = {
     "unknown noprop variant": (["--method", "noprop", "--noprop-variant", "simple"], "--noprop-variant"),
     "unknown ff goodness": (["--method", "ff", "--model", "mlp-2x800", "--ff-goodness", "max"], "--ff-goodness"),
     "unknown pepita sign": (["--method", "pepita", "--model", "mlp-2x800", "--pepita-sign", "zero"], "--pepita-sign"),
+    "unknown belief input": (["--belief-input", "sigmoid"], "--belief-input"),
+    "belief input on a linear head": (["--model", "mlp-2x800", "--method", "bp", "--belief-input", "logits"], "--belief-input"),
+    "belief input for noprop": (["--method", "noprop", "--belief-input", "residual"], "--belief-input"),
 }
 
 

@@ -1,7 +1,8 @@
 """Backpropagation: the whole network trained end to end by cross-entropy on its output logits.
 
 On a belief cascade, gradients flow from the last module through every module's softmax into the
-shared extractor, as in the SID paper's BP baseline. That step is cut at the module boundaries so
+shared extractor, as in the SID paper's BP baseline (or through the logits alone, with
+``--belief-input logits``). That step is cut at the module boundaries so
 each stage can be timed on its own (``sidlib.methods.stages``): each module reads a detached copy of
 its input belief and of the features, and the backward hands each input's gradient to the module
 before it. That is the chain rule autograd would apply, in the same order, and it leaves the same
@@ -37,13 +38,13 @@ def cascade_step(model, images, labels, config, autocast, clock=untimed):
     shared = features.detach().requires_grad_()
     belief = model.uniform_belief(shared)
     inputs, outputs = [], []
-    for i, block in enumerate(model.blocks):
+    for i in range(model.depth):
         with clock("module_forward", i):
             if i > 0:
                 belief = belief.detach().requires_grad_()
             with autocast():
-                logits = block(belief, shared)
-                output = torch.softmax(logits, dim=1) if i < model.depth - 1 else None
+                logits = model.module_logits(i, belief, shared)
+                output = model.module_input(logits) if i < model.depth - 1 else None
             if output is None:  # the last module's output is the loss
                 output = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
         inputs.append(belief)

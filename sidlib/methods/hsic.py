@@ -144,14 +144,14 @@ def cascade_step(model, images, labels, objective, autocast, clock=untimed, labe
     losses = [loss.detach()]
     features = features.detach()
     belief = model.uniform_belief(features)
-    for i, block in enumerate(model.blocks):
+    for i in range(model.depth):
         last = i == model.depth - 1
         with clock("module_forward", i):
             with autocast():
-                logits = block(belief, features)
+                logits = model.module_logits(i, belief, features)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing) if last else objective(logits)
         with clock("module_backward", i):
             loss.backward()
         losses.append(loss.detach())
-        belief = torch.softmax(logits.detach().float(), dim=1)
+        belief = model.module_input(logits.detach().float())
     return torch.stack(losses).sum()

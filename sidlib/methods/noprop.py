@@ -241,6 +241,9 @@ class NoPropParts(nn.Module):
 
 
 def check(config) -> None:
+    if config.belief_input != "softmax":
+        raise ValueError("--belief-input has no meaning for NoProp (its blocks read noisy label embeddings, not "
+                         "beliefs); drop it")
     if not config.noprop_eta > 0:
         raise ValueError(f"--noprop-eta must be positive, got {config.noprop_eta}; the paper uses 0.1")
     if config.label_smoothing:

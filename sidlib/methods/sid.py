@@ -52,12 +52,12 @@ def local_losses(model, features, teachers, log_target, config, autocast, backwa
     ``features`` then must be a detached leaf so their gradient accumulates in ``features.grad``.
     """
     losses = []
-    for i, (block, teacher) in enumerate(zip(model.blocks, teachers)):
+    for i, teacher in enumerate(teachers):
         with clock("module_forward", i):
             inputs = features if extractor_gets_gradient(config.extractor, i, model.depth) else features.detach()
             teacher = teacher.float()
             with autocast():
-                logits = block(torch.softmax(teacher, dim=1), inputs)
+                logits = model.module_logits(i, model.module_input(teacher), inputs)
             log_q = torch.log_softmax(logits.float(), dim=1)
             log_teacher = torch.log_softmax(teacher, dim=1)
             loss = sid_objective(log_q, log_teacher, log_target, config.alpha, config.kl).mean()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from .cascade import BeliefCascade, cascade_on
+from .cascade import BELIEF_INPUTS, BeliefCascade, cascade_on
 from .layered import LayeredNetwork
 from .mlp import mlp_2x800, mlp_3x1000
 from .resnet import resnet18
@@ -51,10 +51,12 @@ WIDTH_MODELS = ("mlp-2x800", "mlp-3x1000", "deep-mlp")
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, depth: int = 10,
-                head: str | None = None, width: int | None = None) -> LayeredNetwork | BeliefCascade:
+                head: str | None = None, width: int | None = None,
+                belief_input: str = "softmax") -> LayeredNetwork | BeliefCascade:
     """Model ``name`` with its classifier head (``linear``) or with SID's ``depth`` refinement
     modules on its features (``cascade``); ``head=None`` is the model's own (cascade for the SimpleCNN).
-    ``width`` replaces the hidden width of an MLP (``WIDTH_MODELS``)."""
+    ``width`` replaces the hidden width of an MLP (``WIDTH_MODELS``); ``belief_input`` is what a
+    cascade's modules pass on (``BELIEF_INPUTS``)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     if width is not None:
@@ -65,16 +67,19 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, depth
     head = head or default_head(name)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    if head != "cascade" and belief_input != "softmax":
+        raise ValueError(f"a belief input sets what a cascade's modules pass on, and {name} with a linear head has "
+                         f"none; drop --belief-input or add --head cascade")
     if name in CASCADES:
         if head != "cascade":
             raise ValueError(f"{name} is a belief cascade by construction (SID Table 2); it has no linear head")
-        return CASCADES[name](input_shape, num_classes, depth)
+        return CASCADES[name](input_shape, num_classes, depth, belief_input)
     if name in STACKS:
         if head != "linear":
             raise ValueError(f"{name} takes --depth as its number of blocks; it has no cascade head")
         return STACKS[name](tuple(input_shape), num_classes, depth, **({"width": width} if width else {}))
     backbone = BACKBONES[name](tuple(input_shape), num_classes, **({"width": width} if width else {}))
-    return backbone if head == "linear" else cascade_on(backbone, depth)
+    return backbone if head == "linear" else cascade_on(backbone, depth, belief_input)
 
 
 def parameter_count(model) -> int:

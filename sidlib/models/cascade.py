@@ -4,7 +4,15 @@
     p_0 = uniform over C classes
     p_i = softmax(f_i(concat(p_{i-1}, h)))           f_i: Linear(C + d, 256) - ReLU - Linear(256, C)
 
-Inference is one ordinary forward pass; the prediction is argmax p_L. ``blocks`` are the
+Inference is one ordinary forward pass; the prediction is argmax p_L. Two variants the paper does
+not have separate what this structure does to BP's gradients from what BP itself does (SID
+Figure 4), through ``belief_input``:
+
+    softmax   (the paper's)  z_i = f_i(concat(softmax(z_{i-1}), h)),  p_0 uniform
+    logits                   z_i = f_i(concat(z_{i-1}, h)),           z_0 = 0: no softmax between modules
+    residual                 z_i = z_{i-1} + f_i(concat(z_{i-1}, h)), z_0 = 0: an identity path as well
+
+where z_i are module i's logits and p_i = softmax(z_i) its belief in every variant. ``blocks`` are the
 refinement modules (the units SID trains locally); there is no other head.
 
 The SID paper's SimpleCNN is this structure with a small convolutional extractor
@@ -23,6 +31,7 @@ from torch import Tensor, nn
 from .layered import LayeredNetwork
 
 HIDDEN_DIM = 256
+BELIEF_INPUTS = ("softmax", "logits", "residual")  # what a module reads of the one before it, and adds to
 
 
 class RefinementModule(nn.Module):
@@ -39,10 +48,13 @@ class RefinementModule(nn.Module):
 
 class BeliefCascade(nn.Module):
     def __init__(self, extractor: nn.Module, feature_dim: int, input_shape: tuple[int, ...], num_classes: int,
-                 depth: int):
+                 depth: int, belief_input: str = "softmax"):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
+        if belief_input not in BELIEF_INPUTS:
+            raise ValueError(f"unknown belief input {belief_input!r}; choose from {', '.join(BELIEF_INPUTS)}")
+        self.belief_input = belief_input
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.feature_dim = feature_dim
@@ -54,17 +66,28 @@ class BeliefCascade(nn.Module):
         return len(self.blocks)
 
     def uniform_belief(self, features: Tensor) -> Tensor:
-        """p_0: the uniform belief, one row per sample."""
+        """p_0 as module 1 reads it, one row per sample: the uniform belief, or its logits (zeros)."""
+        if self.belief_input != "softmax":
+            return features.new_zeros((features.shape[0], self.num_classes))
         return features.new_full((features.shape[0], self.num_classes), 1.0 / self.num_classes)
+
+    def module_input(self, logits: Tensor) -> Tensor:
+        """What the next module reads of a module's logits: the belief softmax(logits), or the logits."""
+        return torch.softmax(logits, dim=1) if self.belief_input == "softmax" else logits
+
+    def module_logits(self, index: int, belief: Tensor, features: Tensor) -> Tensor:
+        """z_i of module ``index`` from what it reads of the module before (``module_input``) and h."""
+        logits = self.blocks[index](belief, features)
+        return belief + logits if self.belief_input == "residual" else logits
 
     def refine(self, features: Tensor) -> list[Tensor]:
         """Run the module cascade from p_0 and return every module's logits (differentiable end to end)."""
         belief = self.uniform_belief(features)
         all_logits = []
-        for block in self.blocks:
-            logits = block(belief, features)
+        for i in range(self.depth):
+            logits = self.module_logits(i, belief, features)
             all_logits.append(logits)
-            belief = torch.softmax(logits, dim=1)
+            belief = self.module_input(logits)
         return all_logits
 
     def forward(self, x: Tensor) -> Tensor:
@@ -72,7 +95,8 @@ class BeliefCascade(nn.Module):
         return self.refine(self.extractor(x))[-1]
 
 
-def cascade_on(backbone: LayeredNetwork, depth: int) -> BeliefCascade:
+def cascade_on(backbone: LayeredNetwork, depth: int, belief_input: str = "softmax") -> BeliefCascade:
     """SID on a backbone: its blocks and head reduction as the shared extractor, then ``depth`` modules."""
     extractor = nn.Sequential(*backbone.blocks, *backbone.reduce())
-    return BeliefCascade(extractor, backbone.feature_dim, backbone.input_shape, backbone.num_classes, depth)
+    return BeliefCascade(extractor, backbone.feature_dim, backbone.input_shape, backbone.num_classes, depth,
+                         belief_input)

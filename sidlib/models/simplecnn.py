@@ -41,5 +41,5 @@ def make_extractor(input_shape: tuple[int, ...]) -> nn.Sequential:
 
 
 class SimpleCNN(BeliefCascade):
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, depth: int):
-        super().__init__(make_extractor(tuple(input_shape)), FEATURE_DIM, input_shape, num_classes, depth)
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, depth: int, belief_input: str = "softmax"):
+        super().__init__(make_extractor(tuple(input_shape)), FEATURE_DIM, input_shape, num_classes, depth, belief_input)
