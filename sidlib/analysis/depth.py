@@ -5,8 +5,8 @@ In that network every module's output passes through a softmax before the next m
 and the softmax's Jacobian, diag(p) - p p^T, shrinks as beliefs sharpen, so BP's gradient can
 shrink by a factor at every module on its way back from the output. ``module_gradient_norms``
 measures that, through a method's own step: the norm of each module's hidden-layer weight
-gradient after one step on one batch. ``--belief-input logits`` (modules pass logits, no
-softmax between them) is the control that tells the softmax bottleneck from BP itself.
+gradient after one step on one batch. ``--belief-input logits`` (no softmax between modules) and
+``residual`` (an identity path as well) are the controls that tell the cascade from BP itself.
 """
 from __future__ import annotations
 

@@ -66,15 +66,15 @@ def bench_ratios(bench_records: list[dict], baseline: str = "bp") -> dict[str, d
                      "saved": r["peak_saved_bytes"] / base["peak_saved_bytes"]} for method, r in by_method.items()}
 
 
-def record_shown(runs: list[dict], ratios: dict[str, dict[str, float]] | None = None, prefix: str = "shown") -> None:
+def record_shown(runs: list[dict], ratios: dict[str, dict[str, float]] | None = None) -> None:
     """Record the shown preset's numbers, so that the page's prose cites them (``{glue:text}`shown_sid_acc:.2f```)
-    instead of retyping them: per variant ``<prefix>_<variant>_acc`` and ``_acc_std`` (final test accuracy, mean
-    and std over seeds); per benchmarked method ``<prefix>_<method>_time`` and ``_saved`` (:func:`bench_ratios`)."""
+    instead of retyping them: per variant ``shown_<variant>_acc`` and ``_acc_std`` (final test accuracy, mean
+    and std over seeds); per benchmarked method ``shown_<method>_time`` and ``_saved`` (:func:`bench_ratios`)."""
     from .notebook import record
 
     for row in summarise(runs):
-        record(f"{prefix}_{row['variant']}_acc", row["final_acc_mean"])
-        record(f"{prefix}_{row['variant']}_acc_std", row["final_acc_std"])
+        record(f"shown_{row['variant']}_acc", row["final_acc_mean"])
+        record(f"shown_{row['variant']}_acc_std", row["final_acc_std"])
     for method, ratio in (ratios or {}).items():
-        record(f"{prefix}_{method}_time", ratio["time"])
-        record(f"{prefix}_{method}_saved", ratio["saved"])
+        record(f"shown_{method}_time", ratio["time"])
+        record(f"shown_{method}_saved", ratio["saved"])

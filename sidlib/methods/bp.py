@@ -1,8 +1,8 @@
 """Backpropagation: the whole network trained end to end by cross-entropy on its output logits.
 
 On a belief cascade, gradients flow from the last module through every module's softmax into the
-shared extractor, as in the SID paper's BP baseline (or through the logits alone, with
-``--belief-input logits``). That step is cut at the module boundaries so
+shared extractor, as in the SID paper's BP baseline (or through what ``--belief-input`` passes
+instead: the logits, or the logits with an identity path). That step is cut at the module boundaries so
 each stage can be timed on its own (``sidlib.methods.stages``): each module reads a detached copy of
 its input belief and of the features, and the backward hands each input's gradient to the module
 before it. That is the chain rule autograd would apply, in the same order, and it leaves the same
