@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="fraction of training labels moved uniformly to another class")
     train.add_argument("--train-subset", type=int, default=None, help="stratified subset of N training samples")
     train.add_argument("--test-subset", type=int, default=None, help="stratified subset of N test samples")
+    train.add_argument("--val-split", type=int, default=d.val_split,
+                       help="hold N training samples out as a validation set, evaluated every epoch (model selection)")
     train.add_argument("--data-root", default=None, help="dataset folder (default: $SIDLIB_DATA or data/)")
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--device", choices=DEVICES, default=d.device)
@@ -154,7 +156,8 @@ def _train(args) -> int:
 
     def report(record):
         print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
-              f"test acc {record['test_acc']:.2f}%, {record['epoch_seconds']:.1f} s", flush=True)
+              + (f"val acc {record['val_acc']:.2f}%, " if "val_acc" in record else "")
+              + f"test acc {record['test_acc']:.2f}%, {record['epoch_seconds']:.1f} s", flush=True)
 
     try:
         results = train(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume,

@@ -76,6 +76,7 @@ class TrainConfig:
     lls_projection: str = "periodic"
     train_subset: int | None = None
     test_subset: int | None = None
+    val_split: int = 0  # training samples held out for model selection (0: none)
     data_root: str | None = None
     seed: int = 0
     device: str = "auto"
@@ -122,6 +123,12 @@ class TrainConfig:
             if subset is not None and not 1 <= subset <= size:
                 raise ConfigError(f"--{name}-subset must be between 1 and {size} "
                                   f"(the size of {self.dataset}'s {name} set), got {subset}")
+        if not 0 <= self.val_split < info.train_size:
+            raise ConfigError(f"--val-split must be between 0 and {info.train_size - 1} "
+                              f"(fewer than {self.dataset}'s {info.train_size} training samples), got {self.val_split}")
+        if self.val_split and self.train_subset is not None and self.val_split + self.train_subset > info.train_size:
+            raise ConfigError(f"--val-split {self.val_split} and --train-subset {self.train_subset} together exceed "
+                              f"{self.dataset}'s {info.train_size} training samples; make one of them smaller")
         self.check_model(info.input_shape, info.num_classes)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but CUDA is not available here; "

@@ -29,6 +29,7 @@ from torch import Tensor
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SUBSET_SEED = 0  # the stratified subset is the same for every run seed and method
+VALIDATION_SEED = 1  # so is the validation split, drawn apart from the subset's permutation
 
 
 class DataUnavailable(Exception):
@@ -69,6 +70,14 @@ class Data:
     test_labels: Tensor
     mean: Tensor  # per channel, of the (scaled) training images
     std: Tensor
+    val_images: Tensor | None = None  # held out of the training set (``val_split``), for model selection
+    val_labels: Tensor | None = None
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        """The images and labels of ``"test"`` or ``"val"``."""
+        if name == "val" and self.val_labels is None:
+            raise ValueError("this dataset was loaded without a validation split (val_split=0)")
+        return (self.val_images, self.val_labels) if name == "val" else (self.test_images, self.test_labels)
 
     def prepare(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Raw images -> float, augmented when ``generator`` is given and the dataset asks for it, normalised."""
@@ -228,11 +237,21 @@ def load_raw(name: str, root: Path | None = None) -> tuple[Tensor, Tensor, Tenso
 
 def load(name: str, root: Path | None = None, device: str | torch.device = "cpu",
          train_subset: int | None = None, label_noise: float = 0.0, noise_seed: int = 0,
-         test_subset: int | None = None) -> Data:
+         test_subset: int | None = None, val_split: int = 0) -> Data:
     """Load a dataset onto ``device``, optionally a stratified training subset with label noise
-    and a stratified test subset (for quick checks of large models)."""
+    and a stratified test subset (for quick checks of large models).
+
+    ``val_split`` > 0 holds that many training samples out (stratified, the same for every run
+    seed) before the training subset is drawn from the rest, so that model selection never sees
+    the test set. Label noise, where asked for, reaches the held-out labels too: a validation set
+    carved out of noisy training data is noisy."""
     info = DATASETS[name] if name in DATASETS else None
     train_x, train_y, test_x, test_y = load_raw(name, root)
+    val_x = val_y = None
+    if val_split:
+        held = torch.zeros(len(train_y), dtype=torch.bool)
+        held[stratified_subset(train_y, val_split, info.num_classes, seed=VALIDATION_SEED)] = True
+        val_x, val_y, train_x, train_y = train_x[held], train_y[held], train_x[~held], train_y[~held]
     if train_subset is not None:
         keep = stratified_subset(train_y, train_subset, info.num_classes)
         train_x, train_y = train_x[keep], train_y[keep]
@@ -241,9 +260,12 @@ def load(name: str, root: Path | None = None, device: str | torch.device = "cpu"
         test_x, test_y = test_x[keep], test_y[keep]
     if label_noise > 0:
         train_y = add_label_noise(train_y, label_noise, info.num_classes, noise_seed)
+        if val_y is not None:
+            val_y = add_label_noise(val_y, label_noise, info.num_classes, noise_seed)
     # Normalisation statistics from the training images actually used, per channel.
     scaled = train_x.float() / (255.0 if train_x.dtype == torch.uint8 else 1.0)
     dims = [0] + list(range(2, scaled.dim()))
     mean, std = scaled.mean(dim=dims), scaled.std(dim=dims)
-    move = lambda t: t.to(device)  # noqa: E731
-    return Data(name, info, move(train_x), move(train_y), move(test_x), move(test_y), move(mean), move(std))
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return Data(name, info, move(train_x), move(train_y), move(test_x), move(test_y), move(mean), move(std),
+                move(val_x), move(val_y))

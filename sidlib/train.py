@@ -90,19 +90,21 @@ def make_optimizer(model, lr: float, name: str = "adam", weight_decay: float | N
 
 
 @torch.no_grad()
-def evaluate(model, data: datasets.Data, autocast=contextlib.nullcontext, predict=None) -> float:
-    """Test accuracy in percent, of ``predict(model, images) -> logits`` (default: ``model(images)``)."""
+def evaluate(model, data: datasets.Data, autocast=contextlib.nullcontext, predict=None, split: str = "test") -> float:
+    """Accuracy in percent on ``split`` ("test" or "val"), of ``predict(model, images) -> logits``
+    (default: ``model(images)``)."""
     predict = predict or (lambda net, images: net(images))
+    split_images, split_labels = data.split(split)
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=data.test_labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=split_labels.device)
     fmt = memory_format_for(model)
-    for start in range(0, len(data.test_labels), EVAL_BATCH):
-        images = data.prepare(data.test_images[start:start + EVAL_BATCH]).contiguous(memory_format=fmt)
+    for start in range(0, len(split_labels), EVAL_BATCH):
+        images = data.prepare(split_images[start:start + EVAL_BATCH]).contiguous(memory_format=fmt)
         with autocast():
             logits = predict(model, images)
-        correct += (logits.argmax(1) == data.test_labels[start:start + EVAL_BATCH]).sum()
+        correct += (logits.argmax(1) == split_labels[start:start + EVAL_BATCH]).sum()
     model.train()
-    return 100.0 * correct.item() / len(data.test_labels)
+    return 100.0 * correct.item() / len(split_labels)
 
 
 def _sync(device):
@@ -163,7 +165,10 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
         keep_freed_memory()
     if data is None:
         data = datasets.load(config.dataset, config.data_root, device, config.train_subset,
-                             config.label_noise, noise_seed=config.seed, test_subset=config.test_subset)
+                             config.label_noise, noise_seed=config.seed, test_subset=config.test_subset,
+                             val_split=config.val_split)
+    elif config.val_split and data.val_labels is None:
+        raise ValueError("config.val_split asks for validation, but the data passed were loaded without it")
 
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.info.input_shape, data.info.num_classes, config.depth, config.head, config.width,
@@ -218,9 +223,11 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
         train_seconds += epoch_seconds
         started = time.perf_counter()
         test_acc = evaluate(model, data, autocast, method.predict)
-        record = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "test_acc": test_acc,
-                  "epoch_seconds": epoch_seconds, "eval_seconds": time.perf_counter() - started,
-                  "lr": optimizer.param_groups[0]["lr"]}
+        record = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "test_acc": test_acc}
+        if config.val_split:  # every epoch's, so that the epoch can be chosen on it rather than on the test set
+            record["val_acc"] = evaluate(model, data, autocast, method.predict, split="val")
+        record |= {"epoch_seconds": epoch_seconds, "eval_seconds": time.perf_counter() - started,
+                   "lr": optimizer.param_groups[0]["lr"]}
         history.append(record)
         if checkpoint_dir is not None:
             Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
@@ -233,4 +240,5 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
 
     return model, {"config": config.to_dict(), "history": history,
             "final_test_acc": history[-1]["test_acc"] if history else None,
+            **({"final_val_acc": history[-1]["val_acc"] if history else None} if config.val_split else {}),
             "train_seconds": train_seconds, "environment": environment(device)}

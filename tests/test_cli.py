@@ -77,6 +77,9 @@ BAD = {
     "unknown pepita sign": (["--method", "pepita", "--model", "mlp-2x800", "--pepita-sign", "zero"], "--pepita-sign"),
     "unknown belief input": (["--belief-input", "sigmoid"], "--belief-input"),
     "belief input on a linear head": (["--model", "mlp-2x800", "--method", "bp", "--belief-input", "logits"], "--belief-input"),
+    "validation split negative": (["--val-split", "-1"], "--val-split"),
+    "validation split is the whole set": (["--val-split", "2000"], "--val-split"),
+    "validation and subset exceed the set": (["--val-split", "1000", "--train-subset", "1500"], "--val-split 1000"),
     "belief input for noprop": (["--method", "noprop", "--belief-input", "residual"], "--belief-input"),
 }
 

@@ -120,3 +120,30 @@ def test_real_fashion_mnist(tmp_path):
     assert d.train_images.shape == (60000, 1, 28, 28) and d.test_images.shape == (10000, 1, 28, 28)
     assert torch.bincount(d.train_labels).tolist() == [6000] * 10
     assert 0.28 < d.mean.item() < 0.29 and 0.35 < d.std.item() < 0.36
+
+
+def test_validation_split_is_held_out_stratified_and_the_same_for_every_seed():
+    full = datasets.load("synthetic")
+    d = datasets.load("synthetic", val_split=200, train_subset=500)
+    assert d.val_images.shape == (200, 1, 12, 12) and len(d.train_labels) == 500
+    quota = torch.bincount(full.train_labels, minlength=10) * 200 / 2000  # the full set's class proportions
+    assert (torch.bincount(d.val_labels, minlength=10) - quota).abs().max() < 1
+    # no validation image is a training image: the two are drawn from disjoint rows of the full set
+    rows = {tuple(x.flatten().tolist()): i for i, x in enumerate(full.train_images)}
+    val_rows = {rows[tuple(x.flatten().tolist())] for x in d.val_images}
+    train_rows = {rows[tuple(x.flatten().tolist())] for x in d.train_images}
+    assert len(val_rows) == 200 and not val_rows & train_rows
+    again = datasets.load("synthetic", val_split=200, train_subset=500, label_noise=0.0, noise_seed=7)
+    assert torch.equal(again.val_images, d.val_images) and torch.equal(again.train_images, d.train_images)
+    images, labels = d.split("val")
+    assert images is d.val_images and labels is d.val_labels and d.split("test")[1] is d.test_labels
+    with pytest.raises(ValueError, match="val_split"):
+        full.split("val")
+
+
+def test_label_noise_reaches_the_validation_labels_too():
+    clean = datasets.load("synthetic", val_split=500)
+    noisy = datasets.load("synthetic", val_split=500, label_noise=0.2, noise_seed=3)
+    assert torch.equal(clean.val_images, noisy.val_images)
+    assert (clean.val_labels != noisy.val_labels).sum() == 100  # round(0.2 * 500), each moved to another class
+    assert torch.equal(clean.test_labels, noisy.test_labels)

@@ -66,6 +66,27 @@ def test_summaries_against_a_hand_computation():
     assert curves["sid"]["max"] == [55, 75, 72] and curves["bp"]["epoch"] == [1, 2, 3]
 
 
+def test_the_epoch_selected_on_validation_and_its_test_accuracy():
+    def fake(seed, val, test):
+        history = [{"epoch": e + 1, "val_acc": v, "test_acc": t, "epoch_seconds": 1.0} for e, (v, t) in enumerate(zip(val, test))]
+        return {"config": {"method": "sid", "seed": seed, "epochs": len(val)}, "history": history,
+                "final_test_acc": test[-1], "final_val_acc": val[-1]}
+
+    # seed 0: validation peaks at epoch 2 (tied with 3: the first is taken); seed 1: at the last epoch.
+    # The test set's own best (epoch 3 of seed 0, 90) is not what selection on validation reports.
+    runs = [fake(0, [50, 70, 70], [55, 65, 90]), fake(1, [40, 60, 80], [45, 62, 81])]
+    assert experiments.selected_epoch(runs[0])["epoch"] == 2 and experiments.selected_epoch(runs[1])["epoch"] == 3
+    row, = experiments.summarise(runs)
+    assert row["selected_epochs"] == [2, 3] and row["selected_acc_mean"] == (65 + 81) / 2
+    assert row["best_acc_mean"] == (90 + 81) / 2 and row["final_acc_mean"] == (90 + 81) / 2
+    assert row["final_val_acc_mean"] == 75 and row["selected_acc_std"] == pytest.approx(statistics.stdev([65, 81]))
+    no_val = {"config": {"method": "bp", "seed": 0, "epochs": 1}, "history": [{"epoch": 1, "test_acc": 50, "epoch_seconds": 1.0}],
+              "final_test_acc": 50}
+    assert "selected_acc_mean" not in experiments.summarise([no_val])[0]
+    with pytest.raises(ValueError, match="--val-split"):
+        experiments.selected_epoch(no_val)
+
+
 def test_provenance_names_the_variants_whose_scale_or_hardware_differs():
     def fake(variant, seed, train_subset, threads):
         return {"variant": variant, "final_test_acc": 50.0 + seed, "history": [{"test_acc": 50.0 + seed, "epoch_seconds": 1.0}],

@@ -108,3 +108,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     with pytest.raises(NonFiniteLoss, match="epoch 2.*last good checkpoint \\(epoch 1\\)"):
         train(config(depth=2, epochs=3, train_subset=500), checkpoint_dir=tmp_path)
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["epoch"] == 1
+
+
+def test_validation_accuracy_is_recorded_every_epoch_and_leaves_training_alone():
+    with_val = train(config(depth=2, epochs=2, train_subset=300, val_split=200))
+    assert [set(h) >= {"val_acc", "test_acc"} for h in with_val["history"]] == [True, True]
+    assert with_val["final_val_acc"] == with_val["history"][-1]["val_acc"] and 0 <= with_val["final_val_acc"] <= 100
+    without = train(config(depth=2, epochs=2, train_subset=300))
+    assert "final_val_acc" not in without and all("val_acc" not in h for h in without["history"])
+    with pytest.raises(ValueError, match="val_split"):
+        train(config(depth=2, epochs=1, val_split=100), data=DATA)  # data loaded without the split

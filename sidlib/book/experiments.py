@@ -64,10 +64,11 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
             config = replace(variant_config, seed=seed)
             data = None
             if config.label_noise == 0:  # then the data do not depend on the seed: load each dataset once
-                key = (config.dataset, config.train_subset, config.test_subset)
+                key = (config.dataset, config.train_subset, config.test_subset, config.val_split)
                 if key not in shared_data:
                     shared_data[key] = datasets.load(config.dataset, config.data_root, config.resolved_device(),
-                                                     config.train_subset, test_subset=config.test_subset)
+                                                     config.train_subset, test_subset=config.test_subset,
+                                                     val_split=config.val_split)
                 data = shared_data[key]
             result = train(config, data=data)
             result["command"] = cli_command(config)
@@ -90,10 +91,21 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def selected_epoch(run: dict) -> dict:
+    """The epoch record that model selection on the validation split picks: the first epoch of
+    highest validation accuracy (early stopping), never one chosen by its test accuracy."""
+    if not all("val_acc" in h for h in run["history"]):
+        raise ValueError(f"run {variant_of(run)!r} seed {run['config']['seed']} has no validation accuracy; "
+                         "train it with --val-split N")
+    return max(run["history"], key=lambda h: (h["val_acc"], -h["epoch"]))
+
+
 def summarise(runs: list[dict]) -> list[dict]:
-    """One row per variant: final test accuracy mean and std over seeds, best epoch, and the median
-    time per epoch (the median, so that an epoch slowed by other work on the machine does not
-    distort it; the raw times stay in each run's history)."""
+    """One row per variant: final test accuracy mean and std over seeds, the best epoch's test
+    accuracy (what selecting on the test set would report), and where the runs have a validation
+    split, the test accuracy of the epoch chosen on validation (:func:`selected_epoch`) and the final
+    validation accuracy; and the median time per epoch (the median, so that an epoch slowed by
+    other work on the machine does not distort it; the raw times stay in each run's history)."""
     rows = []
     for variant in sorted({variant_of(r) for r in runs}):
         mine = [r for r in runs if variant_of(r) == variant]
@@ -104,6 +116,13 @@ def summarise(runs: list[dict]) -> list[dict]:
                      "epochs": mine[0]["config"]["epochs"], "final_acc_mean": final_mean,
                      "final_acc_std": final_std, "best_acc_mean": best_mean,
                      "epoch_seconds_median": statistics.median(epoch_seconds)})
+        if all("final_val_acc" in r for r in mine):
+            chosen = [selected_epoch(r) for r in mine]
+            val_mean, val_std = _mean_std([r["final_val_acc"] for r in mine])
+            selected_mean, selected_std = _mean_std([h["test_acc"] for h in chosen])
+            rows[-1] |= {"final_val_acc_mean": val_mean, "final_val_acc_std": val_std,
+                         "selected_acc_mean": selected_mean, "selected_acc_std": selected_std,
+                         "selected_epochs": [h["epoch"] for h in chosen]}
     return rows
 
 
