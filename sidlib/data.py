@@ -75,6 +75,8 @@ class Data:
 
     def split(self, name: str) -> tuple[Tensor, Tensor]:
         """The images and labels of ``"test"`` or ``"val"``."""
+        if name not in ("test", "val"):
+            raise ValueError(f"unknown split {name!r}; choose 'test' or 'val'")
         if name == "val" and self.val_labels is None:
             raise ValueError("this dataset was loaded without a validation split (val_split=0)")
         return (self.val_images, self.val_labels) if name == "val" else (self.test_images, self.test_labels)

@@ -139,6 +139,8 @@ def test_validation_split_is_held_out_stratified_and_the_same_for_every_seed():
     assert images is d.val_images and labels is d.val_labels and d.split("test")[1] is d.test_labels
     with pytest.raises(ValueError, match="val_split"):
         full.split("val")
+    with pytest.raises(ValueError, match="unknown split"):
+        d.split("train")  # not silently the test set
 
 
 def test_label_noise_reaches_the_validation_labels_too():
