@@ -213,6 +213,25 @@ def test_train_sid_model_is_the_training_loop_of_sidlib_train():
     assert descent.accuracy(beliefs[-1], data.test_labels) == pytest.approx(reference, abs=1e-9)
 
 
+@pytest.mark.parametrize("direction, smoothing", [("reverse", 0.1), ("forward", 0.0)])
+def test_descent_report_is_the_statistics_of_the_trained_cascade(direction, smoothing):
+    from sidlib import data as datasets
+
+    data = datasets.load("synthetic", train_subset=300)
+    cfg = config(depth=3, epochs=1, kl=direction, label_smoothing=smoothing, alpha=0.3, batch_size=64)
+    model = descent.train_sid_model(cfg, data)
+    report = descent.descent_report(model, data, cfg, test_samples=50)
+    assert report["test_samples"] == 50 and report["kl"] == direction and len(report["modules"]) == 3
+    images, labels = data.prepare(data.test_images[:50]), data.test_labels[:50]
+    beliefs = descent.cascade_log_beliefs(model, images)
+    target = smoothed_target_log_beliefs(labels, data.info.num_classes, smoothing).double()
+    expected = descent.descent_statistics(beliefs, target, 0.3, direction)
+    for row, want, belief in zip(report["modules"], expected, beliefs[1:]):
+        assert row["accuracy"] == descent.accuracy(belief, labels)
+        assert {k: v for k, v in row.items() if k != "accuracy"} == want
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))  # one-hot forward targets too
+
+
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_partial_steps_satisfy_the_condition_and_overshooting_breaks_it(direction):
     g = torch.Generator().manual_seed(5)

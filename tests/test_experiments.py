@@ -51,6 +51,23 @@ def test_run_grid_writes_one_file_per_run_and_reuses_them(tmp_path, monkeypatch)
     assert again == runs
 
 
+def test_an_analysis_of_each_trained_network_is_kept_with_its_run(tmp_path, monkeypatch):
+    base = config(depth=2, epochs=1, train_subset=200, test_subset=100, label_noise=0.2)
+    seen = []
+
+    def analyse(model, data, cfg):
+        seen.append((model.training, cfg.seed, cfg.label_noise, len(data.test_labels)))
+        return {"seed": cfg.seed, "accuracy": float(len(data.train_labels))}
+
+    runs = experiments.run_grid(base, ["sid"], [0, 1], tmp_path, log=lambda line: None, analyse=analyse)
+    # eval mode, each run's own (noisy, seeded) data, and the answer saved in the run's file
+    assert seen == [(False, 0, 0.2, 100), (False, 1, 0.2, 100)]
+    assert [r["analysis"] for r in runs] == [{"seed": 0, "accuracy": 200.0}, {"seed": 1, "accuracy": 200.0}]
+    assert json.loads((tmp_path / "sid-seed1.json").read_text())["analysis"] == {"seed": 1, "accuracy": 200.0}
+    monkeypatch.setattr(experiments, "train_model", lambda *a, **k: pytest.fail("reuse must not retrain"))
+    assert experiments.run_grid(base, ["sid"], [0, 1], tmp_path, reuse=True, log=lambda line: None, analyse=analyse) == runs
+
+
 def test_summaries_against_a_hand_computation():
     def fake(method, seed, accs):
         return {"config": {"method": method, "seed": seed, "epochs": len(accs)},
@@ -85,6 +102,26 @@ def test_the_epoch_selected_on_validation_and_its_test_accuracy():
     assert "selected_acc_mean" not in experiments.summarise([no_val])[0]
     with pytest.raises(ValueError, match="--val-split"):
         experiments.selected_epoch(no_val)
+
+
+def test_tuning_on_validation_picks_the_setting_validation_prefers_not_the_test_set():
+    def fake(variant, seed, val, test):
+        history = [{"epoch": e + 1, "val_acc": v, "test_acc": t, "epoch_seconds": 1.0} for e, (v, t) in enumerate(zip(val, test))]
+        return {"variant": variant, "config": {"method": variant.split("-")[0], "seed": seed, "epochs": len(val)},
+                "history": history, "final_test_acc": test[-1], "final_val_acc": val[-1]}
+
+    # bp-lr1 has the better test accuracy, bp-lr2 the better validation accuracy at its selected
+    # epochs (mean of 80 and 78 against 79 and 75): tuning must take bp-lr2 and report its test number
+    runs = [fake("bp-lr1", 0, [70, 79], [60, 90]), fake("bp-lr1", 1, [75, 70], [88, 70]),
+            fake("bp-lr2", 0, [80, 60], [70, 95]), fake("bp-lr2", 1, [50, 78], [40, 72]),
+            fake("sid-lr1", 0, [99, 99], [99, 99])]
+    rows = experiments.summarise(runs)
+    by_name = {row["variant"]: row for row in rows}
+    assert by_name["bp-lr2"]["selected_val_acc_mean"] == 79 and by_name["bp-lr1"]["selected_val_acc_mean"] == 77
+    tuned = experiments.tuned_on_validation(rows, ["bp-lr1", "bp-lr2"])
+    assert tuned["variant"] == "bp-lr2" and tuned["selected_acc_mean"] == (70 + 72) / 2
+    with pytest.raises(ValueError, match="--val-split"):
+        experiments.tuned_on_validation(rows, ["bp-lr3"])
 
 
 def test_provenance_names_the_variants_whose_scale_or_hardware_differs():

@@ -316,6 +316,21 @@ def descent_statistics(beliefs: list[Tensor], log_target: Tensor, alpha: float, 
     return rows
 
 
+def descent_report(model: nn.Module, data: Data, config: TrainConfig, test_samples: int = 2000) -> dict:
+    """Proposition 2 on a trained cascade, per module, ready for a run's JSON: on the first
+    ``test_samples`` test images, each module's accuracy and :func:`descent_statistics`, measured in
+    the KL direction and against the (smoothed) target the network was trained with. Meant as the
+    ``analyse`` of ``sidlib.book.experiments.run_grid``."""
+    count = min(test_samples, len(data.test_labels))
+    images, labels = data.prepare(data.test_images[:count]), data.test_labels[:count]
+    beliefs = cascade_log_beliefs(model, images)
+    log_target = smoothed_target_log_beliefs(labels, data.info.num_classes, config.label_smoothing).double()
+    stats = descent_statistics(beliefs, log_target, config.alpha, config.kl)
+    for row, belief in zip(stats, beliefs[1:]):
+        row["accuracy"] = accuracy(belief, labels)
+    return {"test_samples": count, "kl": config.kl, "label_smoothing": config.label_smoothing, "modules": stats}
+
+
 def accuracy(log_belief: Tensor, labels: Tensor) -> float:
     """Percent of rows whose most probable class is the label."""
     return 100.0 * (log_belief.argmax(1) == labels).double().mean().item()

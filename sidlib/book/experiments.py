@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import data as datasets
 from ..config import TrainConfig
 from ..io import write_json
-from ..train import train
+from ..train import train, train_model
 
 
 def cli_command(config: TrainConfig) -> str:
@@ -42,10 +42,15 @@ def as_variants(variants) -> dict[str, dict]:
     return dict(variants) if isinstance(variants, dict) else {m: {"method": m} for m in variants}
 
 
-def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = False, log=print) -> list[dict]:
+def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = False, log=print,
+             analyse=None) -> list[dict]:
     """Train every variant (method names, or ``{name: {option: value}}``) with every seed. With
     ``reuse``, runs whose results file exists are read back instead of retrained (so an interrupted
-    long grid continues where it stopped)."""
+    long grid continues where it stopped).
+
+    ``analyse(model, data, config)``, if given, is called on each freshly trained network (in eval
+    mode) and its JSON-ready answer is kept in the run's file under ``"analysis"``, so that an
+    analysis of the trained network is read back with the run instead of needing the network."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = as_variants(variants)
@@ -66,17 +71,26 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
             if config.label_noise == 0:  # then the data do not depend on the seed: load each dataset once
                 key = (config.dataset, config.train_subset, config.test_subset, config.val_split)
                 if key not in shared_data:
-                    shared_data[key] = datasets.load(config.dataset, config.data_root, config.resolved_device(),
-                                                     config.train_subset, test_subset=config.test_subset,
-                                                     val_split=config.val_split)
+                    shared_data[key] = _load(config)
                 data = shared_data[key]
-            result = train(config, data=data)
+            if analyse is None:
+                result = train(config, data=data)
+            else:
+                data = data if data is not None else _load(config)
+                model, result = train_model(config, data=data)
+                result["analysis"] = analyse(model.eval(), data, config)
             result["command"] = cli_command(config)
             result["variant"] = name
             write_json(path, result)
             results.append(result)
             log(f"{name} seed {seed}: final test accuracy {result['final_test_acc']:.2f}%")
     return results
+
+
+def _load(config: TrainConfig):
+    return datasets.load(config.dataset, config.data_root, config.resolved_device(), config.train_subset,
+                         config.label_noise, noise_seed=config.seed, test_subset=config.test_subset,
+                         val_split=config.val_split)
 
 
 def variant_of(run: dict) -> str:
@@ -121,9 +135,20 @@ def summarise(runs: list[dict]) -> list[dict]:
             val_mean, val_std = _mean_std([r["final_val_acc"] for r in mine])
             selected_mean, selected_std = _mean_std([h["test_acc"] for h in chosen])
             rows[-1] |= {"final_val_acc_mean": val_mean, "final_val_acc_std": val_std,
+                         "selected_val_acc_mean": statistics.fmean(h["val_acc"] for h in chosen),
                          "selected_acc_mean": selected_mean, "selected_acc_std": selected_std,
                          "selected_epochs": [h["epoch"] for h in chosen]}
     return rows
+
+
+def tuned_on_validation(rows: list[dict], variants) -> dict:
+    """Hyperparameter selection on validation: of the :func:`summarise` rows of ``variants`` (one
+    method's settings), the one whose selected epochs have the highest mean validation accuracy.
+    Its ``selected_acc_mean`` is then the test accuracy of a method tuned without the test set."""
+    candidates = [row for row in rows if row["variant"] in set(variants)]
+    if not candidates or not all("selected_val_acc_mean" in row for row in candidates):
+        raise ValueError(f"no validation accuracy for {sorted(variants)}; train them with --val-split N")
+    return max(candidates, key=lambda row: row["selected_val_acc_mean"])
 
 
 def learning_curves(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
