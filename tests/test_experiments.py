@@ -64,8 +64,14 @@ def test_an_analysis_of_each_trained_network_is_kept_with_its_run(tmp_path, monk
     assert seen == [(False, 0, 0.2, 100), (False, 1, 0.2, 100)]
     assert [r["analysis"] for r in runs] == [{"seed": 0, "accuracy": 200.0}, {"seed": 1, "accuracy": 200.0}]
     assert json.loads((tmp_path / "sid-seed1.json").read_text())["analysis"] == {"seed": 1, "accuracy": 200.0}
-    monkeypatch.setattr(experiments, "train_model", lambda *a, **k: pytest.fail("reuse must not retrain"))
-    assert experiments.run_grid(base, ["sid"], [0, 1], tmp_path, reuse=True, log=lambda line: None, analyse=analyse) == runs
+    # a kept run that lacks the analysis is retrained, the others are read back
+    without = json.loads((tmp_path / "sid-seed0.json").read_text())
+    del without["analysis"]
+    (tmp_path / "sid-seed0.json").write_text(json.dumps(without))
+    seen.clear()
+    again = experiments.run_grid(base, ["sid"], [0, 1], tmp_path, reuse=True, log=lambda line: None, analyse=analyse)
+    assert seen == [(False, 0, 0.2, 100)] and again[1] == runs[1]
+    assert again[0]["analysis"] == runs[0]["analysis"] and again[0]["final_test_acc"] == runs[0]["final_test_acc"]
 
 
 def test_summaries_against_a_hand_computation():

@@ -50,7 +50,8 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
 
     ``analyse(model, data, config)``, if given, is called on each freshly trained network (in eval
     mode) and its JSON-ready answer is kept in the run's file under ``"analysis"``, so that an
-    analysis of the trained network is read back with the run instead of needing the network."""
+    analysis of the trained network is read back with the run instead of needing the network (a
+    kept run without one is retrained)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = as_variants(variants)
@@ -60,7 +61,7 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
     for name, variant_config in configs.items():
         for seed in seeds:
             path = run_path(out_dir, name, seed)
-            if reuse and path.exists():
+            if reuse and path.exists() and (analyse is None or "analysis" in json.loads(path.read_text())):
                 result = json.loads(path.read_text())
                 results.append(result)
                 log(f"{name} seed {seed}: final test accuracy {result['final_test_acc']:.2f}% "
