@@ -40,3 +40,23 @@ def test_true_class_beliefs_hard_examples_and_monotone_share():
     assert similarity.monotone_share(trajectories, tolerance=0.1) == 1.0
     hard = similarity.hard_examples([torch.tensor([0, 1, 0]), torch.tensor([1, 1, 1])], labels)
     assert hard.tolist() == [True, False, True]
+    assert similarity.largest_drop(trajectories).tolist() == pytest.approx([0.0, 0.0, 0.1])
+
+
+def test_belief_snapshot_keeps_the_cascades_beliefs_on_the_first_test_images():
+    from sidlib import data as datasets
+    from sidlib.analysis import descent
+    from sidlib.config import TrainConfig
+
+    data = datasets.load("synthetic", train_subset=200)
+    cfg = TrainConfig(method="sid", dataset="synthetic", depth=3, epochs=1, batch_size=64).validate()
+    model = descent.train_sid_model(cfg, data).eval()
+    snapshot = similarity.belief_snapshot(model, data, cfg, test_samples=40, decimals=5)
+    beliefs, labels = similarity.snapshot_tensors(snapshot)
+    assert snapshot["test_samples"] == 40 and len(beliefs) == 3 and labels.tolist() == data.test_labels[:40].tolist()
+    expected = descent.cascade_log_beliefs(model, data.prepare(data.test_images[:40]))[1:]
+    for kept, want in zip(beliefs, expected):
+        assert kept.shape == (40, data.info.num_classes)
+        assert torch.allclose(kept, want.exp(), atol=5e-6)  # rounded to 5 decimals, nothing else
+    assert similarity.snapshot_tensors(similarity.belief_snapshot(model, data, cfg, test_samples=10**6))[1].numel() \
+        == len(data.test_labels)

@@ -48,3 +48,29 @@ def monotone_share(trajectories: Tensor, tolerance: float = 0.0) -> float:
     (row) to the next."""
     steps = trajectories[1:] - trajectories[:-1]
     return float((steps >= -tolerance).all(0).double().mean())
+
+
+def largest_drop(trajectories: Tensor) -> Tensor:
+    """Per sample (column), the largest fall of the value from one module (row) to the next; 0 where it never falls."""
+    return (trajectories[:-1] - trajectories[1:]).clamp_min(0).amax(0)
+
+
+@torch.no_grad()
+def belief_snapshot(model, data, config, test_samples: int = 1000, decimals: int = 5) -> dict:
+    """The beliefs p_1..p_L of a trained cascade on the first ``test_samples`` test images, with their
+    labels, ready for a run's JSON (meant as the ``analyse`` of ``sidlib.book.experiments.run_grid``):
+    CKA and belief trajectories compare two networks' beliefs on the same images, so the beliefs
+    themselves are kept, rounded to ``decimals`` (1e-5 is far below any difference read from them)."""
+    from .descent import cascade_log_beliefs  # the cascade's own forward pass, as inference runs it
+
+    count = min(test_samples, len(data.test_labels))
+    images, labels = data.prepare(data.test_images[:count]), data.test_labels[:count]
+    beliefs = cascade_log_beliefs(model, images)[1:]  # p_0 is uniform: nothing to compare
+    return {"test_samples": count, "labels": labels.tolist(),
+            "beliefs": [belief.exp().round(decimals=decimals).tolist() for belief in beliefs]}
+
+
+def snapshot_tensors(snapshot: dict) -> tuple[list[Tensor], Tensor]:
+    """The per-module beliefs (float64, samples x classes each) and labels of a :func:`belief_snapshot`."""
+    return ([torch.tensor(b, dtype=torch.float64) for b in snapshot["beliefs"]],
+            torch.tensor(snapshot["labels"], dtype=torch.long))
