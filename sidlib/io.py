@@ -23,8 +23,20 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def json_text(obj, indent: int = 2, _level: int = 0) -> str:
+    """``json.dumps(obj, indent=indent)``, except that a list of scalars is written on one line, so that
+    a kept array (a network's beliefs or features on 1,000 images) costs a line per row, not per number."""
+    pad, inner = " " * (indent * _level), " " * (indent * (_level + 1))
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {json_text(v, indent, _level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, (list, tuple)) and obj and any(isinstance(v, (dict, list, tuple)) for v in obj):
+        return "[\n" + ",\n".join(inner + json_text(v, indent, _level + 1) for v in obj) + f"\n{pad}]"
+    return json.dumps(obj)
+
+
 def write_json(path: Path, obj) -> None:
-    _atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    _atomic(path, lambda f: f.write((json_text(obj) + "\n").encode()))
 
 
 def save_torch(path: Path, obj) -> None:
