@@ -23,12 +23,21 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def _json_key(key) -> str:
+    """A dict key as ``json.dumps`` writes it: strings as they are, numbers, booleans and None as JSON text."""
+    if isinstance(key, str):
+        return json.dumps(key)
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(json.dumps(key))
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
 def json_text(obj, indent: int = 2, _level: int = 0) -> str:
     """``json.dumps(obj, indent=indent)``, except that a list of scalars is written on one line, so that
     a kept array (a network's beliefs or features on 1,000 images) costs a line per row, not per number."""
     pad, inner = " " * (indent * _level), " " * (indent * (_level + 1))
     if isinstance(obj, dict) and obj:
-        items = [f"{inner}{json.dumps(str(k))}: {json_text(v, indent, _level + 1)}" for k, v in obj.items()]
+        items = [f"{inner}{_json_key(k)}: {json_text(v, indent, _level + 1)}" for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + f"\n{pad}}}"
     if isinstance(obj, (list, tuple)) and obj and any(isinstance(v, (dict, list, tuple)) for v in obj):
         return "[\n" + ",\n".join(inner + json_text(v, indent, _level + 1) for v in obj) + f"\n{pad}]"

@@ -17,3 +17,14 @@ def test_json_text_reads_back_as_the_object_with_scalar_lists_on_one_line(tmp_pa
     assert len(lines) < len(json.dumps(obj, indent=2).splitlines()) / 1.5
     write_json(tmp_path / "r.json", obj)
     assert (tmp_path / "r.json").read_text() == text + "\n" and not list(tmp_path.glob("*.partial"))
+
+
+def test_json_text_writes_keys_as_json_dumps_does_and_refuses_what_it_refuses():
+    import pytest
+
+    keys = {True: 1, None: 2, 1.5: 3, 7: 4, float("nan"): 5, float("inf"): 6, "a": {False: [1]}}
+    assert json.loads(json_text(keys)) == json.loads(json.dumps(keys))
+    with pytest.raises(TypeError):
+        json.dumps({(1, 2): 0})
+    with pytest.raises(TypeError):
+        json_text({(1, 2): 0})

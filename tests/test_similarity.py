@@ -41,6 +41,7 @@ def test_true_class_beliefs_hard_examples_and_monotone_share():
     hard = similarity.hard_examples([torch.tensor([0, 1, 0]), torch.tensor([1, 1, 1])], labels)
     assert hard.tolist() == [True, False, True]
     assert similarity.largest_drop(trajectories).tolist() == pytest.approx([0.0, 0.0, 0.1])
+    assert similarity.largest_drop(trajectories[:1]).tolist() == [0.0, 0.0, 0.0]  # one module: no fall
 
 
 def test_belief_snapshot_keeps_the_cascades_beliefs_on_the_first_test_images():

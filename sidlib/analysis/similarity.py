@@ -52,6 +52,8 @@ def monotone_share(trajectories: Tensor, tolerance: float = 0.0) -> float:
 
 def largest_drop(trajectories: Tensor) -> Tensor:
     """Per sample (column), the largest fall of the value from one module (row) to the next; 0 where it never falls."""
+    if len(trajectories) < 2:  # one module: nothing to fall from
+        return trajectories.new_zeros(trajectories.shape[1:])
     return (trajectories[:-1] - trajectories[1:]).clamp_min(0).amax(0)
 
 
