@@ -34,3 +34,14 @@ def random_log_beliefs(n, c, seed, concentration=1.0):
     """Random full-support beliefs (float64 log-probabilities), softmax of scaled Gaussian logits."""
     g = torch.Generator().manual_seed(seed)
     return torch.log_softmax(concentration * torch.randn(n, c, generator=g, dtype=torch.float64), dim=1)
+
+
+def trained_synthetic_sid(depth, train_subset=200):
+    """(data, config, model in eval mode): SID trained for one epoch on the synthetic dataset, for
+    tests of what an analysis reads from a trained cascade."""
+    from sidlib import data as datasets
+    from sidlib.analysis import descent
+
+    data = datasets.load("synthetic", train_subset=train_subset)
+    cfg = TrainConfig(method="sid", dataset="synthetic", depth=depth, epochs=1, batch_size=64).validate()
+    return data, cfg, descent.train_sid_model(cfg, data).eval()

@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import trained_synthetic_sid
+
 from sidlib.analysis import features
 
 
@@ -29,13 +31,7 @@ def test_tsne_keeps_well_separated_clusters_apart():
 
 
 def test_feature_snapshot_is_the_extractors_output_on_the_first_test_images():
-    from sidlib import data as datasets
-    from sidlib.analysis import descent
-    from sidlib.config import TrainConfig
-
-    data = datasets.load("synthetic", train_subset=200)
-    cfg = TrainConfig(method="sid", dataset="synthetic", depth=2, epochs=1, batch_size=64).validate()
-    model = descent.train_sid_model(cfg, data).eval()
+    data, cfg, model = trained_synthetic_sid(depth=2)
     snapshot = features.feature_snapshot(model, data, cfg, test_samples=30, decimals=3)
     x, y = features.snapshot_arrays(snapshot)
     with torch.no_grad():

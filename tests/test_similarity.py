@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from helpers import trained_synthetic_sid
+
 from sidlib.analysis import similarity
 
 
@@ -45,13 +47,9 @@ def test_true_class_beliefs_hard_examples_and_monotone_share():
 
 
 def test_belief_snapshot_keeps_the_cascades_beliefs_on_the_first_test_images():
-    from sidlib import data as datasets
     from sidlib.analysis import descent
-    from sidlib.config import TrainConfig
 
-    data = datasets.load("synthetic", train_subset=200)
-    cfg = TrainConfig(method="sid", dataset="synthetic", depth=3, epochs=1, batch_size=64).validate()
-    model = descent.train_sid_model(cfg, data).eval()
+    data, cfg, model = trained_synthetic_sid(depth=3)
     snapshot = similarity.belief_snapshot(model, data, cfg, test_samples=40, decimals=5)
     beliefs, labels = similarity.snapshot_tensors(snapshot)
     assert snapshot["test_samples"] == 40 and len(beliefs) == 3 and labels.tolist() == data.test_labels[:40].tolist()
