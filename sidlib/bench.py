@@ -173,6 +173,15 @@ def module_saved_bytes(config: TrainConfig, batch_size: int, device: torch.devic
     return meter.peak
 
 
+# names bench takes beside the methods': a method with options that change how its step computes
+VARIANTS = {"sid-batched": {"method": "sid", "sid_phase2": "batched"}}
+
+
+def variant_config(base: TrainConfig, name: str, **changes) -> TrainConfig:
+    """``base`` for method ``name``, or for one of the ``VARIANTS``."""
+    return replace(base, **VARIANTS.get(name, {"method": name}), **changes)
+
+
 def run(depths, methods=("sid", "bp"), batch_size=128, steps=10, warmup=3, base: TrainConfig | None = None,
         device: torch.device | None = None):
     """Time ``steps`` training steps of each method at each depth, interleaving the methods so the
@@ -183,7 +192,7 @@ def run(depths, methods=("sid", "bp"), batch_size=128, steps=10, warmup=3, base:
         keep_freed_memory()  # as train() does, so the bench times what training sees
     records = []
     for depth in depths:  # None: a model without refinement modules, whose depth means nothing
-        configs = {m: replace(base, method=m, depth=base.depth if depth is None else depth) for m in methods}
+        configs = {m: variant_config(base, m, depth=base.depth if depth is None else depth) for m in methods}
         setups = {m: _setup(configs[m], batch_size, device) for m in methods}
         autocast = autocast_for(device, base.precision)
         times = {m: [] for m in methods}

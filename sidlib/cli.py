@@ -19,7 +19,7 @@ from .data import DATASETS, DataUnavailable
 from .divergences import KL_DIRECTIONS
 from .io import check_writable, write_json
 from .methods import METHODS
-from .methods.sid import EXTRACTOR_STRATEGIES
+from .methods.sid import EXTRACTOR_STRATEGIES, PHASE2_MODES
 from .methods.sll import CODE_MAPS, FIRST_PRIORS, PREDICTION_RULES, PROJECTIONS, TOKEN_SUMMARIES
 from .models import BELIEF_INPUTS, HEADS, MODELS, STACKS, size_table
 
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="forward: KL(target||q) as the authors' code; reverse: KL(q||target) as the paper")
     train.add_argument("--extractor", choices=EXTRACTOR_STRATEGIES, default=d.extractor,
                        help="which SID modules' losses train the shared extractor")
+    train.add_argument("--sid-phase2", choices=PHASE2_MODES, default=d.sid_phase2,
+                       help="SID's local updates as one module step after another (loop) or as one batched "
+                            "computation over the modules' stacked weights (batched): the same gradients")
     sll = train.add_argument_group("SLL's open choices (--method sll; sidlib/methods/sll.py)")
     sll.add_argument("--sll-codes", type=int, default=d.sll_codes,
                      help="k, the random projection's output dimension (default: the number of classes)")
@@ -126,8 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", choices=list(DATASETS), default=d.dataset, help="input shape and classes")
     b.add_argument("--depths", type=int, nargs="+", default=[2, 10, 32],
                    help="refinement modules of a cascade head, or blocks of a deep-* model")
-    b.add_argument("--methods", choices=list(METHODS), nargs="+", default=None,
-                   help="default: sid and bp on a cascade head, bp on a linear one")
+    b.add_argument("--methods", choices=list(METHODS) + list(bench.VARIANTS), nargs="+", default=None,
+                   help="default: sid and bp on a cascade head, bp on a linear one; sid-batched is SID with "
+                        "--sid-phase2 batched")
     b.add_argument("--batch-size", type=int, default=d.batch_size)
     b.add_argument("--steps", type=int, default=10, help="timed steps per method and depth (median reported)")
     b.add_argument("--warmup", type=int, default=3)
@@ -181,7 +185,7 @@ def _bench(args) -> int:
     cascade = base.resolved_head() == "cascade"
     methods = args.methods or (["sid", "bp"] if cascade else ["bp"])
     for method in methods:
-        replace(base, method=method).validate()
+        bench.variant_config(base, method).validate()
     for name in ("batch_size", "steps"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -207,13 +211,13 @@ def _bench(args) -> int:
     if cascade:
         module_bytes = bench.module_saved_bytes(base, args.batch_size, device)
         print(f"one module's saved tensors: {module_bytes / 2**20:.3f} MiB")
-    print(f"{'depth':>5} {'method':>6} {'parameters':>12} {'step ms':>9} {'peak saved MiB':>15} {'time / bp':>9}")
+    print(f"{'depth':>5} {'method':>11} {'parameters':>12} {'step ms':>9} {'peak saved MiB':>15} {'time / bp':>9}")
     by_key = {(r["method"], r["depth"]): r for r in records}
     for r in records:
         bp = by_key.get(("bp", r["depth"]))
         ratio = f"{r['step_seconds'] / bp['step_seconds']:.3f}" if bp else "-"
         depth = "-" if r["depth"] is None else r["depth"]
-        print(f"{depth:>5} {r['method']:>6} {r['parameters']:>12,} {1000 * r['step_seconds']:>9.2f} "
+        print(f"{depth:>5} {r['method']:>11} {r['parameters']:>12,} {1000 * r['step_seconds']:>9.2f} "
               f"{r['peak_saved_bytes'] / 2**20:>15.3f} {ratio:>9}")
     if cascade and len(set(depths)) > 1:
         lo, hi = min(depths), max(depths)

@@ -9,7 +9,7 @@ import torch
 from .data import DATASETS
 from .divergences import KL_DIRECTIONS
 from .methods import METHODS
-from .methods.sid import EXTRACTOR_STRATEGIES
+from .methods.sid import EXTRACTOR_STRATEGIES, PHASE2_MODES
 from .methods.sll import SLLOptions
 from .models import BELIEF_INPUTS, CASCADES, HEADS, MODELS, STACKS, build_model, default_head
 
@@ -49,6 +49,7 @@ class TrainConfig:
     kl: str = "forward"  # the authors' code; "reverse" is the paper's theory
     label_smoothing: float = 0.0
     extractor: str = "all"
+    sid_phase2: str = "loop"  # SID's local updates one module at a time, or batched (sidlib.methods.sid)
     schedule: str = "constant"
     label_noise: float = 0.0
     # SLL's open choices (sidlib.methods.sll.SLLOptions), used by --method sll only
@@ -92,7 +93,7 @@ class TrainConfig:
                    "precision": PRECISIONS, "optimizer": OPTIMIZERS, "pepita_sign": PEPITA_SIGNS,
                    "ff_goodness": FF_GOODNESS, "ff_predict": FF_PREDICTIONS, "ff_negatives": FF_NEGATIVES,
                    "noprop_variant": NOPROP_VARIANTS, "lls_projection": LLS_PROJECTIONS,
-                   "belief_input": BELIEF_INPUTS}
+                   "belief_input": BELIEF_INPUTS, "sid_phase2": PHASE2_MODES}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:

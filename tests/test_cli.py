@@ -130,3 +130,12 @@ def test_resume_without_checkpoint(tmp_path):
                            "--resume", "no checkpoint")
     expect_one_line_exit_2(sidlib(*TRAIN, "--resume", cwd=tmp_path), "--resume", "--checkpoint-dir")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_times_the_batched_sid_step_beside_the_per_module_one(tmp_path):
+    done = sidlib("bench", "--dataset", "synthetic", "--depths", "3", "--methods", "sid", "sid-batched", "bp",
+                  "--batch-size", "8", "--steps", "1", "--warmup", "0", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    records = {r["method"]: r for r in json.loads(done.stdout)}
+    assert set(records) == {"sid", "sid-batched", "bp"}
+    assert records["sid-batched"]["parameters"] == records["sid"]["parameters"] and records["sid-batched"]["step_seconds"] > 0

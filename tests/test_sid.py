@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import CLASSES, config, grads, no_autocast, tiny_problem
+from helpers import CLASSES, SHAPE, config, grads, no_autocast, tiny_problem
+from sidlib.models import build_model
 from sidlib.divergences import sid_objective, smoothed_target_log_beliefs
 from sidlib.methods import sid
 
@@ -105,3 +106,25 @@ def test_sid_objective_is_what_the_step_minimises():
     q = log_q.exp()
     expected = 0.7 * (q * (log_q - log_target)).sum(1) + 0.3 * (q * (log_q - log_teacher)).sum(1)
     assert torch.allclose(sid_objective(log_q, log_teacher, log_target, cfg.alpha, cfg.kl), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("belief_input, strategy, kl", [("softmax", "all", "forward"), ("softmax", "final_layer", "reverse"),
+                                                        ("logits", "frozen", "forward"), ("residual", "all", "reverse"),
+                                                        ("residual", "final_layer", "forward")])
+def test_batched_phase2_gives_the_per_module_steps_gradients(belief_input, strategy, kl):
+    """One batched computation over the stacked module weights = the L module steps, in float64 (the
+    teachers pass through float32 in both, as the step casts them)."""
+    torch.manual_seed(0)
+    model = build_model("simplecnn", SHAPE, CLASSES, 5, belief_input=belief_input).double()
+    images, labels = torch.randn(16, *SHAPE, dtype=torch.float64), torch.randint(0, CLASSES, (16,))
+    looped = sid.step(model, images, labels, config(extractor=strategy, kl=kl, label_smoothing=0.1), no_autocast)
+    per_module = grads(model)
+    model.zero_grad(set_to_none=True)
+    batched = sid.step(model, images, labels, config(extractor=strategy, kl=kl, label_smoothing=0.1, sid_phase2="batched"),
+                       no_autocast)
+    assert torch.allclose(batched, looped, rtol=1e-12)
+    for name, g in grads(model).items():
+        if per_module[name] is None:
+            assert g is None, name
+        else:
+            assert torch.allclose(g, per_module[name], rtol=1e-9, atol=1e-13), name

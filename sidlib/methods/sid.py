@@ -8,6 +8,10 @@ so no gradient crosses from one module to another. The extractor receives the su
 modules' feature gradients (``extractor="all"``), the last module's only (``final_layer``), or
 none (``frozen``). One optimiser step then updates everything.
 
+With ``sid_phase2="batched"`` phase 2 is one batched computation over the modules' stacked weights
+(``batched_local_losses``): the same gradients, a few batched matrix products in place of 2L small
+ones, at the price of keeping every module's activations and a stacked copy of their weights at once.
+
 Memory stays flat in depth: the features are detached once, each module's loss is
 backpropagated as soon as it is computed (freeing that module's graph before the next
 module runs) while the feature gradients accumulate on the detached copy, and a single
@@ -24,6 +28,7 @@ from ..divergences import sid_objective, smoothed_target_log_beliefs
 from .stages import untimed
 
 EXTRACTOR_STRATEGIES = ("all", "final_layer", "frozen")
+PHASE2_MODES = ("loop", "batched")  # phase 2 as L module steps, or as one batched computation
 HEADS = ("cascade",)  # SID trains a belief cascade: an extractor and refinement modules
 DESCRIPTION = "a teacher pass, then every module's local loss against its cached teacher (SID)"
 
@@ -78,8 +83,55 @@ def step(model, images, labels, config, autocast, clock=untimed):
         teachers = teacher_logits(model, features.detach())
     log_target = smoothed_target_log_beliefs(labels, model.num_classes, config.label_smoothing)
     detached = features.detach().requires_grad_(train_extractor)
-    losses = local_losses(model, detached, teachers, log_target, config, autocast, backward=True, clock=clock)
+    if config.sid_phase2 == "batched":
+        with clock("modules_batched"):
+            losses = batched_local_losses(model, detached, teachers, log_target, config, autocast)
+            losses.sum().backward()
+        losses = losses.detach()
+    else:
+        losses = local_losses(model, detached, teachers, log_target, config, autocast, backward=True, clock=clock)
     with clock("extractor_backward"):
         if train_extractor and detached.grad is not None:
             features.backward(detached.grad)
-    return torch.stack(losses).sum()
+    return torch.stack(list(losses)).sum()
+
+
+def stacked_module_parameters(model):
+    """The refinement modules' weights stacked along a leading module axis: (W_hidden (L, H, C + d),
+    b_hidden (L, H), W_out (L, C, H), b_out (L, C)). ``torch.stack`` keeps the graph, so gradients
+    of the stacked tensors flow back to every module's own parameters."""
+    blocks = model.blocks
+    return (torch.stack([b.hidden.weight for b in blocks]), torch.stack([b.hidden.bias for b in blocks]),
+            torch.stack([b.out.weight for b in blocks]), torch.stack([b.out.bias for b in blocks]))
+
+
+def batched_local_losses(model, features, teachers, log_target, config, autocast):
+    """Every module's local loss (mean over the batch, shape (L,)) as one batched computation: all L
+    modules' forwards are a few batched matrix products over stacked weights instead of 2L small ones
+    (all modules have the same shapes). Equal to ``local_losses`` to float rounding; the caller
+    backpropagates their sum once. Module i's first layer is split into the block that reads its
+    teacher and the block that reads h, so h is multiplied by all modules' feature blocks at once
+    and never copied per module. Memory grows with L: the hidden activations of all modules, (L, B, H),
+    are alive at once, and so is the stacked copy of the modules' weights that the products save for
+    their backward (the per-module step keeps one module's graph at a time)."""
+    depth, classes = model.depth, model.num_classes
+    teacher_logits_stacked = torch.stack(teachers).float()  # (L, B, C)
+    # what each module reads of its teacher (``module_input``, along the class axis of the stack)
+    beliefs_in = torch.softmax(teacher_logits_stacked, dim=-1) if model.belief_input == "softmax" else teacher_logits_stacked
+    w_hidden, b_hidden, w_out, b_out = stacked_module_parameters(model)
+    w_belief, w_features = w_hidden[:, :, :classes], w_hidden[:, :, classes:]  # (L, H, C), (L, H, d)
+    receives = [extractor_gets_gradient(config.extractor, i, depth) for i in range(depth)]
+    with autocast():
+        if all(receives):
+            from_features = torch.einsum("bd,lhd->lbh", features, w_features)
+        else:  # modules whose loss must not reach the extractor read a detached h
+            from_features = torch.cat([torch.einsum("bd,lhd->lbh", features if live else features.detach(), w_features[i:i + 1])
+                                       for i, live in enumerate(receives)])
+        hidden = torch.relu(torch.baddbmm(b_hidden.unsqueeze(1) + from_features, beliefs_in.to(from_features.dtype),
+                                          w_belief.transpose(1, 2)))
+        logits = torch.baddbmm(b_out.unsqueeze(1), hidden, w_out.transpose(1, 2))
+    if model.belief_input == "residual":
+        logits = beliefs_in + logits  # added before the float32 cast, as ``module_logits`` then ``local_losses`` do
+    log_q = torch.log_softmax(logits.float(), dim=-1)
+    log_teacher = torch.log_softmax(teacher_logits_stacked, dim=-1)
+    return sid_objective(log_q, log_teacher, log_target, config.alpha, config.kl).mean(dim=1)
