@@ -86,14 +86,15 @@ def step(model, images, labels, config, autocast, clock=untimed):
     if config.sid_phase2 == "batched":
         with clock("modules_batched"):
             losses = batched_local_losses(model, detached, teachers, log_target, config, autocast)
-            losses.sum().backward()
-        losses = losses.detach()
+            total = losses.sum()
+            total.backward()
     else:
-        losses = local_losses(model, detached, teachers, log_target, config, autocast, backward=True, clock=clock)
+        total = torch.stack(local_losses(model, detached, teachers, log_target, config, autocast, backward=True,
+                                         clock=clock)).sum()
     with clock("extractor_backward"):
         if train_extractor and detached.grad is not None:
             features.backward(detached.grad)
-    return torch.stack(list(losses)).sum()
+    return total.detach()
 
 
 def stacked_module_parameters(model):
@@ -116,8 +117,7 @@ def batched_local_losses(model, features, teachers, log_target, config, autocast
     their backward (the per-module step keeps one module's graph at a time)."""
     depth, classes = model.depth, model.num_classes
     teacher_logits_stacked = torch.stack(teachers).float()  # (L, B, C)
-    # what each module reads of its teacher (``module_input``, along the class axis of the stack)
-    beliefs_in = torch.softmax(teacher_logits_stacked, dim=-1) if model.belief_input == "softmax" else teacher_logits_stacked
+    beliefs_in = model.module_input(teacher_logits_stacked)  # what each module reads of its teacher
     w_hidden, b_hidden, w_out, b_out = stacked_module_parameters(model)
     w_belief, w_features = w_hidden[:, :, :classes], w_hidden[:, :, classes:]  # (L, H, C), (L, H, d)
     receives = [extractor_gets_gradient(config.extractor, i, depth) for i in range(depth)]

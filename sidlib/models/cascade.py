@@ -73,7 +73,7 @@ class BeliefCascade(nn.Module):
 
     def module_input(self, logits: Tensor) -> Tensor:
         """What the next module reads of a module's logits: the belief softmax(logits), or the logits."""
-        return torch.softmax(logits, dim=1) if self.belief_input == "softmax" else logits
+        return torch.softmax(logits, dim=-1) if self.belief_input == "softmax" else logits  # classes: last axis
 
     def module_logits(self, index: int, belief: Tensor, features: Tensor) -> Tensor:
         """z_i of module ``index`` from what it reads of the module before (``module_input``) and h."""
