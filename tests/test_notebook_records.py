@@ -133,3 +133,29 @@ def test_spread_refuses_a_notebook_without_a_seed(tmp_path):
     with pytest.raises(book.BookError, match="neither 'seed' nor 'seeds'"):
         book.measure_spread(tmp_path / "plain.ipynb", [0], "native", tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_spread_runs_each_seed_in_its_own_smoke_folder_and_reads_committed_presets(tmp_path):
+    """A spread run must not read an earlier seed's smoke runs back, nor overwrite the committed ones;
+    it still sees the committed larger presets, as the book does."""
+    (tmp_path / "notebooks").mkdir()
+    committed = tmp_path / "results" / "probe"
+    (committed / "cpu").mkdir(parents=True)
+    (committed / "cpu" / "summary.json").write_text("{}")
+    (committed / "smoke").mkdir()
+    (committed / "smoke" / "old-run.json").write_text("{}")
+    parameters = nbformat.v4.new_code_cell("seeds = [0]\nresults_root = '../results'", metadata={"tags": ["parameters"]})
+    body = nbformat.v4.new_code_cell(
+        "import os\nfrom sidlib.book.notebook import record\n"
+        "smoke = os.path.join(results_root, 'probe', 'smoke')\n"
+        "record('smoke_runs_before', float(len(os.listdir(smoke)) if os.path.isdir(smoke) else 0))\n"
+        "record('sees_cpu', float(os.path.isfile(os.path.join(results_root, 'probe', 'cpu', 'summary.json'))))\n"
+        "os.makedirs(smoke, exist_ok=True)\n"
+        "open(os.path.join(smoke, f'run-{seeds[0]}.json'), 'w').write('{}')")
+    nb = nbformat.v4.new_notebook(cells=[parameters, body], metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
+    nbformat.write(nb, tmp_path / "notebooks" / "probe.ipynb")
+    table = book.measure_spread(tmp_path / "notebooks" / "probe.ipynb", [0, 1], "native", tmp_path / "spread.json",
+                                log=lambda *_: None)
+    assert [r["records"]["smoke_runs_before"] for r in table["runs"]] == [0.0, 0.0]
+    assert [r["records"]["sees_cpu"] for r in table["runs"]] == [1.0, 1.0]
+    assert sorted(p.name for p in (committed / "smoke").iterdir()) == ["old-run.json"]

@@ -124,6 +124,21 @@ def execute(notebook: Path, parameters: dict, target: Path) -> None:
             os.unlink(partial)
 
 
+def isolated_results_root(notebook: Path, root: Path) -> Path:
+    """A results folder for one execution at the defaults: the committed results of the notebook's
+    larger presets are linked in (the book reads them back), its smoke results start empty.
+
+    Without it, a spread run would overwrite the committed smoke results and, with ``reuse_runs``
+    or a "shown" table, read runs of an earlier seed or machine back as its own."""
+    committed = Path(notebook).resolve().parent.parent / "results" / Path(notebook).stem
+    mine = Path(root) / Path(notebook).stem
+    mine.mkdir(parents=True)
+    for preset in PRESET_ORDER[1:]:
+        if (committed / preset).is_dir():
+            (mine / preset).symlink_to(committed / preset, target_is_directory=True)
+    return Path(root)
+
+
 def measure_spread(notebook: Path, seeds: list[int], label: str, out: Path, log=print) -> dict:
     """Execute ``notebook`` at its defaults once per seed; add every recorded number to ``out``.
 
@@ -154,8 +169,11 @@ def measure_spread(notebook: Path, seeds: list[int], label: str, out: Path, log=
     with tempfile.TemporaryDirectory() as scratch:
         for seed in seeds:
             target = Path(scratch) / f"{notebook.stem}-{seed}.ipynb"
+            parameters = {seed_name: seed if seed_name == "seed" else [seed]}
+            if "results_root" in declared:  # each seed's smoke runs go to a fresh folder of their own
+                parameters["results_root"] = str(isolated_results_root(notebook, Path(scratch) / f"results-{seed}"))
             log(f"{label}: executing {notebook.name} with {seed_name} = {seed}")
-            execute(notebook, {seed_name: seed if seed_name == "seed" else [seed]}, target)
+            execute(notebook, parameters, target)
             runs.append({"label": label, "seed": seed, "environment": environment, "records": notebook_records(target)})
     table["runs"] = runs
     out.parent.mkdir(parents=True, exist_ok=True)
