@@ -158,7 +158,11 @@ def _train(args) -> int:
     if args.resume and args.checkpoint_dir is None:
         raise ConfigError("--resume needs --checkpoint-dir, the folder of the run to continue")
 
+    from . import parallel
+
     def report(record):
+        if parallel.rank() > 0:  # module-parallel SID (torchrun): rank 0 speaks for all
+            return
         print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
               + (f"val acc {record['val_acc']:.2f}%, " if "val_acc" in record else "")
               + f"test acc {record['test_acc']:.2f}%, {record['epoch_seconds']:.1f} s", flush=True)
@@ -172,6 +176,11 @@ def _train(args) -> int:
     results["config"].update(out=None if args.out is None else str(args.out), resume=args.resume,
                              checkpoint_dir=None if args.checkpoint_dir is None else str(args.checkpoint_dir),
                              no_progress=args.no_progress)
+    me = parallel.rank()
+    if parallel.active():
+        parallel.leave()
+    if me > 0:  # rank 0 writes the results and the summary line
+        return 0
     if args.out is not None:
         write_json(args.out, results)
     print(f"final test accuracy {results['final_test_acc']:.2f}% "

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm  # plain: no widget machinery in notebooks, where bars are off by default
 
 from . import data as datasets
+from . import parallel
 from .config import ConfigError, TrainConfig
 from .io import save_torch
 from .methods import METHODS
@@ -53,6 +54,8 @@ def environment(device: torch.device) -> dict:
            "cpu_count": os.cpu_count()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    if parallel.active():  # module-parallel SID: how many processes shared the modules
+        env["processes"] = torch.distributed.get_world_size()
     return env
 
 
@@ -159,6 +162,17 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
     """``train``, also returning the trained network (for analyses that need the model itself)."""
     config.validate()
     device = config.resolved_device()
+    if parallel.init_from_environment(device):  # launched by torchrun: module-parallel SID (sidlib.parallel)
+        world = torch.distributed.get_world_size()
+        if config.method != "sid":
+            raise ConfigError(f"{world} processes: only SID trains module-parallel; run --method {config.method} "
+                              f"in one process (python -m sidlib train, without torchrun)")
+        if config.sid_phase2 != "loop":
+            raise ConfigError(f"{world} processes: module-parallel SID runs each rank's modules one after another; "
+                              f"drop --sid-phase2 {config.sid_phase2}")
+        if config.depth < world:
+            raise ConfigError(f"{world} processes for {config.depth} modules: every rank needs a module; "
+                              f"use at most {config.depth} processes (--nproc-per-node) or a larger --depth")
     checkpoint = load_checkpoint(checkpoint_dir, config) if resume else None
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
@@ -200,7 +214,7 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
         loss_sum = torch.zeros((), device=device)
         _sync(device)
         started = time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress or parallel.rank() > 0,
                    leave=False, file=sys.stderr, dynamic_ncols=True)
         for step in bar:
             batch = order[step * config.batch_size:(step + 1) * config.batch_size]
@@ -222,6 +236,8 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
         epoch_seconds = time.perf_counter() - started
         train_seconds += epoch_seconds
         started = time.perf_counter()
+        if parallel.active():  # every rank gets the whole network and optimiser state, to evaluate and save
+            parallel.share_modules(model, optimizer)
         test_acc = evaluate(model, data, autocast, method.predict)
         record = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "test_acc": test_acc}
         if config.val_split:  # every epoch's, so that the epoch can be chosen on it rather than on the test set
@@ -229,7 +245,7 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
         record |= {"epoch_seconds": epoch_seconds, "eval_seconds": time.perf_counter() - started,
                    "lr": optimizer.param_groups[0]["lr"]}
         history.append(record)
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and parallel.rank() == 0:
             Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
             save_torch(Path(checkpoint_dir) / CHECKPOINT_NAME, {
                 "config": config.to_dict(), "epoch": epoch, "history": history, "model": model.state_dict(),

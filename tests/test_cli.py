@@ -81,6 +81,7 @@ BAD = {
     "validation split is the whole set": (["--val-split", "2000"], "--val-split"),
     "validation and subset exceed the set": (["--val-split", "1000", "--train-subset", "1500"], "--val-split 1000"),
     "belief input for noprop": (["--method", "noprop", "--belief-input", "residual"], "--belief-input"),
+    "reverse kl to a one-hot target": (["--method", "sid", "--kl", "reverse"], "--label-smoothing"),
 }
 
 

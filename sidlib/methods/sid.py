@@ -24,6 +24,7 @@ graph, and the teacher pass reads a detached copy of them.
 """
 import torch
 
+from .. import parallel
 from ..divergences import sid_objective, smoothed_target_log_beliefs
 from .stages import untimed
 
@@ -40,6 +41,13 @@ def teacher_logits(model, features):
     return [zeros] + model.refine(features)[:-1]
 
 
+def check(config):
+    """Refuse the objective that is infinite from the first step."""
+    if config.kl == "reverse" and config.label_smoothing == 0:
+        raise ValueError("--kl reverse with --label-smoothing 0: KL(q || p_y) is infinite for a one-hot target; "
+                         "give --label-smoothing > 0 (the paper's theory uses 0.1) or use --kl forward")
+
+
 def extractor_gets_gradient(strategy, module_index, depth):
     if strategy == "all":
         return True
@@ -50,14 +58,15 @@ def extractor_gets_gradient(strategy, module_index, depth):
     raise ValueError(f"unknown extractor strategy {strategy!r}; choose from {EXTRACTOR_STRATEGIES}")
 
 
-def local_losses(model, features, teachers, log_target, config, autocast, backward, clock=untimed):
-    """Each module's local loss (mean over the batch) from its cached teacher.
+def local_losses(model, features, teachers, log_target, config, autocast, backward, clock=untimed, modules=None):
+    """Each module's local loss (mean over the batch) from its cached teacher: ``teachers[k]`` is the
+    teacher of module ``modules[k]`` (default: every module, in order).
 
     With ``backward=True`` each loss is backpropagated at once (the memory-lean step);
     ``features`` then must be a detached leaf so their gradient accumulates in ``features.grad``.
     """
     losses = []
-    for i, teacher in enumerate(teachers):
+    for i, teacher in zip(modules or range(model.depth), teachers):
         with clock("module_forward", i):
             inputs = features if extractor_gets_gradient(config.extractor, i, model.depth) else features.detach()
             teacher = teacher.float()
@@ -75,7 +84,13 @@ def local_losses(model, features, teachers, log_target, config, autocast, backwa
 
 
 def step(model, images, labels, config, autocast, clock=untimed):
-    """Compute the gradients of one minibatch; return the summed local losses (detached)."""
+    """Compute the gradients of one minibatch; return the summed local losses (detached).
+
+    Inside a process group (``torchrun``, ``sidlib.parallel``) this rank's modules only: their
+    teachers arrive through a pipelined teacher pass, and the feature gradients are summed across
+    ranks before the extractor's backward."""
+    if parallel.active():
+        return module_parallel_step(model, images, labels, config, autocast, clock)
     train_extractor = config.extractor != "frozen"
     with clock("extractor_forward"), autocast(), torch.set_grad_enabled(train_extractor):
         features = model.extractor(images)
@@ -95,6 +110,25 @@ def step(model, images, labels, config, autocast, clock=untimed):
         if train_extractor and detached.grad is not None:
             features.backward(detached.grad)
     return total.detach()
+
+
+def module_parallel_step(model, images, labels, config, autocast, clock=untimed):
+    """``step`` on this rank's contiguous range of modules (``sidlib.parallel``); returns the summed
+    local losses of all ranks' modules."""
+    modules = parallel.my_modules(model.depth)
+    train_extractor = config.extractor != "frozen"
+    with clock("extractor_forward"), autocast(), torch.set_grad_enabled(train_extractor):
+        features = model.extractor(images)
+    with clock("teacher_pass"), autocast():
+        teachers = parallel.pipelined_teacher_logits(model, features.detach(), modules)
+    log_target = smoothed_target_log_beliefs(labels, model.num_classes, config.label_smoothing)
+    detached = features.detach().requires_grad_(train_extractor)
+    total = torch.stack(local_losses(model, detached, teachers, log_target, config, autocast, backward=True,
+                                     clock=clock, modules=modules)).sum()
+    with clock("extractor_backward"):
+        if train_extractor:
+            features.backward(parallel.sum_feature_gradients(detached.grad, detached))
+    return parallel.sum_over_ranks(total)
 
 
 def stacked_module_parameters(model):
