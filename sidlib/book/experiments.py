@@ -13,6 +13,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from .. import data as datasets
+from . import cluster
 from ..config import TrainConfig
 from ..io import write_json
 from ..train import train, train_model
@@ -51,13 +52,18 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
     ``analyse(model, data, config)``, if given, is called on each freshly trained network (in eval
     mode) and its JSON-ready answer is kept in the run's file under ``"analysis"``, so that an
     analysis of the trained network is read back with the run instead of needing the network (a
-    kept run without one is retrained)."""
+    kept run without one is retrained).
+
+    When the runner was given ``--cluster`` (``sidlib.book.cluster``), the runs without a results file
+    are submitted as jobs instead, and finished runs are always read back."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = as_variants(variants)
     configs = {name: replace(base, **changes).validate() for name, changes in variants.items()}
+    on_cluster = cluster.requested()  # the runner's --cluster: pending runs become jobs (sidlib.book.cluster)
+    reuse = reuse or on_cluster is not None  # a cluster grid always continues where it stopped
     shared_data = {}
-    results = []
+    results, pending = [], []
     for name, variant_config in configs.items():
         for seed in seeds:
             path = run_path(out_dir, name, seed)
@@ -68,6 +74,10 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
                     f"(read back from {path.name})")
                 continue
             config = replace(variant_config, seed=seed)
+            if on_cluster is not None:
+                pending.append((name, config, path, cli_command(config)))
+                results.append((name, seed))  # filled in below, in the grid's order
+                continue
             data = None
             if config.label_noise == 0:  # then the data do not depend on the seed: load each dataset once
                 key = (config.dataset, config.train_subset, config.test_subset, config.val_split)
@@ -85,6 +95,10 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
             write_json(path, result)
             results.append(result)
             log(f"{name} seed {seed}: final test accuracy {result['final_test_acc']:.2f}%")
+    if pending:
+        finished = {(r["variant"], r["config"]["seed"]): r
+                    for r in cluster.submit_runs(pending, out_dir, on_cluster, analyse=analyse, log=log)}
+        results = [finished[r] if isinstance(r, tuple) else r for r in results]
     return results
 
 

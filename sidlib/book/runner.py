@@ -4,6 +4,7 @@
     python -m sidlib.book presets notebooks/02_sid_vs_bp.ipynb
     python -m sidlib.book refresh notebooks/*.ipynb        # re-execute committed notebooks in place
     python -m sidlib.book spread notebooks/03_sid_monotonic_descent.ipynb --seeds 0 1 2 --label native
+    python -m sidlib.book run notebooks/02_sid_vs_bp.ipynb --preset paper --cluster slurm --cluster-option timeout_min=720
 
 Presets live in ``notebooks/presets.yml``: for each notebook, named parameter overrides.
 ``smoke`` is always the notebook's own defaults (its ``parameters`` cell). ``run`` executes the
@@ -22,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from .cluster import CLUSTERS, ENVIRONMENT, describe
 
 PRESET_ORDER = ("smoke", "cpu", "paper")  # from smallest to largest
 COMPLETE_MARKER = "summary.json"
@@ -73,8 +76,21 @@ def largest_complete_preset(stem: str, results_root: Path) -> tuple[str, Path] |
     return None, None
 
 
-def run(notebook: Path, preset: str, results_root: Path | None = None, log=print) -> Path:
-    """Execute ``notebook`` at ``preset``; return the executed notebook's path (written atomically)."""
+def cluster_options(pairs: list[str]) -> dict:
+    """``["timeout_min=60", "slurm_partition=gpu"]`` -> ``{"timeout_min": 60, "slurm_partition": "gpu"}``."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise BookError(f"--cluster-option {pair!r} is not KEY=VALUE; e.g. --cluster-option timeout_min=720")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def run(notebook: Path, preset: str, results_root: Path | None = None, log=print, cluster: dict | None = None) -> Path:
+    """Execute ``notebook`` at ``preset``; return the executed notebook's path (written atomically).
+    ``cluster`` (``{"cluster": "slurm" | "local", <submitit option>: value}``) makes the notebook's grid
+    submit its pending runs as jobs (``sidlib.book.cluster``)."""
     notebook = Path(notebook).resolve()
     if not notebook.is_file() or notebook.suffix != ".ipynb":
         raise BookError(f"no notebook at {notebook}; give the path of an .ipynb file under notebooks/")
@@ -94,7 +110,14 @@ def run(notebook: Path, preset: str, results_root: Path | None = None, log=print
         parameters.update(preset=preset, results_root=os.path.relpath(results_root, notebook.parent))
     target = out_dir / notebook.name
     log(f"running {notebook.name} at preset {preset!r} with {parameters}")
-    execute(notebook, parameters, target)
+    if cluster is None:
+        execute(notebook, parameters, target)
+    else:  # the notebook's kernel inherits the environment; run_grid reads it
+        os.environ[ENVIRONMENT] = describe(cluster["cluster"], {k: v for k, v in cluster.items() if k != "cluster"})
+        try:
+            execute(notebook, parameters, target)
+        finally:
+            del os.environ[ENVIRONMENT]
     log(f"executed notebook: {target}")
     return target
 
@@ -222,6 +245,11 @@ def main(argv=None) -> int:
     r.add_argument("notebook", type=Path)
     r.add_argument("--preset", default="smoke")
     r.add_argument("--results-root", type=Path, default=None, help="default: results/ beside notebooks/")
+    r.add_argument("--cluster", choices=CLUSTERS, default=None,
+                   help="submit the grid's pending runs as jobs through submitit (slurm; local: local processes) "
+                        "and wait for them; finished runs are read back, interrupted ones resume from their checkpoints")
+    r.add_argument("--cluster-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a submitit executor parameter, e.g. slurm_partition=gpu, gpus_per_node=1, timeout_min=720")
     p = commands.add_parser("presets", help="list a notebook's presets")
     p.add_argument("notebook", type=Path)
     f = commands.add_parser("refresh", help="re-execute notebooks in place at their defaults")
@@ -234,7 +262,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            run(args.notebook, args.preset, args.results_root)
+            if args.cluster_option and args.cluster is None:
+                raise BookError("--cluster-option needs --cluster (slurm or local)")
+            cluster = None if args.cluster is None else {"cluster": args.cluster, **cluster_options(args.cluster_option)}
+            run(args.notebook, args.preset, args.results_root, cluster=cluster)
         elif args.command == "spread":
             out = args.out or args.notebook.resolve().parent.parent / "results" / "spread" / f"{args.notebook.stem}.json"
             table = measure_spread(args.notebook, args.seeds, args.label, out)
