@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--sid-phase2", choices=PHASE2_MODES, default=d.sid_phase2,
                        help="SID's local updates as one module step after another (loop) or as one batched "
                             "computation over the modules' stacked weights (batched): the same gradients")
+    train.add_argument("--sid-modules-per-batch", type=int, default=d.sid_modules_per_batch,
+                       help="batched phase 2: modules per batched computation; memory grows up to this many "
+                            "modules' activations and stays flat beyond (a GPU may want all of them at once)")
     sll = train.add_argument_group("SLL's open choices (--method sll; sidlib/methods/sll.py)")
     sll.add_argument("--sll-codes", type=int, default=d.sll_codes,
                      help="k, the random projection's output dimension (default: the number of classes)")

@@ -50,6 +50,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     extractor: str = "all"
     sid_phase2: str = "loop"  # SID's local updates one module at a time, or batched (sidlib.methods.sid)
+    sid_modules_per_batch: int = 8  # batched phase 2: modules per batched computation (memory flat beyond it)
     schedule: str = "constant"
     label_noise: float = 0.0
     # SLL's open choices (sidlib.methods.sll.SLLOptions), used by --method sll only
@@ -100,7 +101,7 @@ class TrainConfig:
                 raise ConfigError(f"unknown --{name.replace('_', '-')} {value!r}; choose one of: {', '.join(allowed)}")
         if self.head is not None and self.head not in HEADS:
             raise ConfigError(f"unknown --head {self.head!r}; choose one of: {', '.join(HEADS)}")
-        for name in ("depth", "epochs", "batch_size"):
+        for name in ("depth", "epochs", "batch_size", "sid_modules_per_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -1,9 +1,12 @@
 """SID's step: gradient isolation, extractor strategies, and the memory-lean step's exactness."""
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from helpers import CLASSES, SHAPE, config, grads, no_autocast, tiny_problem
+from sidlib import bench
 from sidlib.models import build_model
 from sidlib.divergences import sid_objective, smoothed_target_log_beliefs
 from sidlib.methods import sid
@@ -108,23 +111,31 @@ def test_sid_objective_is_what_the_step_minimises():
     assert torch.allclose(sid_objective(log_q, log_teacher, log_target, cfg.alpha, cfg.kl), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("belief_input, strategy, kl", [("softmax", "all", "forward"), ("softmax", "final_layer", "reverse"),
-                                                        ("logits", "frozen", "forward"), ("residual", "all", "reverse"),
-                                                        ("residual", "final_layer", "forward")])
-def test_batched_phase2_gives_the_per_module_steps_gradients(belief_input, strategy, kl):
-    """One batched computation over the stacked module weights = the L module steps, in float64 (the
-    teachers pass through float32 in both, as the step casts them)."""
+@pytest.mark.parametrize("belief_input, strategy, kl, per_batch", [
+    ("softmax", "all", "forward", 8), ("softmax", "final_layer", "reverse", 2), ("logits", "frozen", "forward", 8),
+    ("residual", "all", "reverse", 2), ("residual", "final_layer", "forward", 3), ("softmax", "all", "forward", 1)])
+def test_batched_phase2_gives_the_per_module_steps_gradients(belief_input, strategy, kl, per_batch):
+    """Batched computations over the stacked module weights (groups of ``per_batch`` modules) = the L
+    module steps, in float64 (the teachers pass through float32 in both, as the step casts them)."""
     torch.manual_seed(0)
     model = build_model("simplecnn", SHAPE, CLASSES, 5, belief_input=belief_input).double()
     images, labels = torch.randn(16, *SHAPE, dtype=torch.float64), torch.randint(0, CLASSES, (16,))
     looped = sid.step(model, images, labels, config(extractor=strategy, kl=kl, label_smoothing=0.1), no_autocast)
     per_module = grads(model)
     model.zero_grad(set_to_none=True)
-    batched = sid.step(model, images, labels, config(extractor=strategy, kl=kl, label_smoothing=0.1, sid_phase2="batched"),
-                       no_autocast)
-    assert torch.allclose(batched, looped, rtol=1e-12)
+    batched = sid.step(model, images, labels, config(extractor=strategy, kl=kl, label_smoothing=0.1, sid_phase2="batched",
+                                                     sid_modules_per_batch=per_batch), no_autocast)
+    assert torch.allclose(batched, looped, rtol=1e-6)  # float32 losses, summed in groups
     for name, g in grads(model).items():
         if per_module[name] is None:
             assert g is None, name
         else:
             assert torch.allclose(g, per_module[name], rtol=1e-9, atol=1e-13), name
+
+
+def test_batched_phase2_memory_stops_growing_at_its_group_size():
+    """Up to ``sid_modules_per_batch`` modules the batched step holds each one's activations and weight
+    copy at once; beyond it, groups run one after another and the peak stays put."""
+    cfg = config(method="sid", sid_phase2="batched", sid_modules_per_batch=4)
+    peak = {L: bench.peak_saved_bytes(replace(cfg, depth=L), 8, torch.device("cpu")) for L in (2, 4, 8, 16)}
+    assert peak[2] < peak[4] == peak[8] == peak[16]

@@ -8,9 +8,10 @@ so no gradient crosses from one module to another. The extractor receives the su
 modules' feature gradients (``extractor="all"``), the last module's only (``final_layer``), or
 none (``frozen``). One optimiser step then updates everything.
 
-With ``sid_phase2="batched"`` phase 2 is one batched computation over the modules' stacked weights
+With ``sid_phase2="batched"`` phase 2 is a batched computation over the modules' stacked weights
 (``batched_local_losses``): the same gradients, a few batched matrix products in place of 2L small
-ones, at the price of keeping every module's activations and a stacked copy of their weights at once.
+ones, at the price of keeping a group's activations and a stacked copy of its weights at once; groups
+of ``sid_modules_per_batch`` modules run one after another, so memory stays flat beyond that depth.
 
 Memory stays flat in depth: the features are detached once, each module's loss is
 backpropagated as soon as it is computed (freeing that module's graph before the next
@@ -100,9 +101,13 @@ def step(model, images, labels, config, autocast, clock=untimed):
     detached = features.detach().requires_grad_(train_extractor)
     if config.sid_phase2 == "batched":
         with clock("modules_batched"):
-            losses = batched_local_losses(model, detached, teachers, log_target, config, autocast)
-            total = losses.sum()
-            total.backward()
+            total = 0
+            for start in range(0, model.depth, config.sid_modules_per_batch):
+                group = range(start, min(start + config.sid_modules_per_batch, model.depth))
+                losses = batched_local_losses(model, detached, teachers[group.start:group.stop], log_target, config,
+                                              autocast, modules=group)
+                losses.sum().backward()  # frees this group's graph before the next group runs
+                total = total + losses.detach().sum()
     else:
         total = torch.stack(local_losses(model, detached, teachers, log_target, config, autocast, backward=True,
                                          clock=clock)).sum()
@@ -131,30 +136,32 @@ def module_parallel_step(model, images, labels, config, autocast, clock=untimed)
     return parallel.sum_over_ranks(total)
 
 
-def stacked_module_parameters(model):
-    """The refinement modules' weights stacked along a leading module axis: (W_hidden (L, H, C + d),
+def stacked_module_parameters(model, modules=None):
+    """The weights of ``modules`` (default: all) stacked along a leading module axis: (W_hidden (L, H, C + d),
     b_hidden (L, H), W_out (L, C, H), b_out (L, C)). ``torch.stack`` keeps the graph, so gradients
     of the stacked tensors flow back to every module's own parameters."""
-    blocks = model.blocks
+    blocks = [model.blocks[i] for i in (modules or range(model.depth))]
     return (torch.stack([b.hidden.weight for b in blocks]), torch.stack([b.hidden.bias for b in blocks]),
             torch.stack([b.out.weight for b in blocks]), torch.stack([b.out.bias for b in blocks]))
 
 
-def batched_local_losses(model, features, teachers, log_target, config, autocast):
-    """Every module's local loss (mean over the batch, shape (L,)) as one batched computation: all L
-    modules' forwards are a few batched matrix products over stacked weights instead of 2L small ones
-    (all modules have the same shapes). Equal to ``local_losses`` to float rounding; the caller
-    backpropagates their sum once. Module i's first layer is split into the block that reads its
-    teacher and the block that reads h, so h is multiplied by all modules' feature blocks at once
-    and never copied per module. Memory grows with L: the hidden activations of all modules, (L, B, H),
-    are alive at once, and so is the stacked copy of the modules' weights that the products save for
-    their backward (the per-module step keeps one module's graph at a time)."""
+def batched_local_losses(model, features, teachers, log_target, config, autocast, modules=None):
+    """The local losses of ``modules`` (default: all; ``teachers[k]`` is module ``modules[k]``'s), mean
+    over the batch, shape (len(modules),), as one batched computation: the modules' forwards are a few
+    batched matrix products over stacked weights instead of 2 per module (all modules have the same
+    shapes). Equal to ``local_losses`` to float rounding; the caller backpropagates their sum.
+    Module i's first layer is split into the block that reads its teacher and the block that reads h,
+    so h is multiplied by all modules' feature blocks at once and never copied per module. Memory
+    grows with the number of modules batched: their hidden activations (n, B, H) are alive at once,
+    and so is the stacked copy of their weights that the products save for the backward; ``step``
+    therefore batches at most ``config.sid_modules_per_batch`` modules at a time."""
+    modules = modules or range(model.depth)
     depth, classes = model.depth, model.num_classes
     teacher_logits_stacked = torch.stack(teachers).float()  # (L, B, C)
     beliefs_in = model.module_input(teacher_logits_stacked)  # what each module reads of its teacher
-    w_hidden, b_hidden, w_out, b_out = stacked_module_parameters(model)
-    w_belief, w_features = w_hidden[:, :, :classes], w_hidden[:, :, classes:]  # (L, H, C), (L, H, d)
-    receives = [extractor_gets_gradient(config.extractor, i, depth) for i in range(depth)]
+    w_hidden, b_hidden, w_out, b_out = stacked_module_parameters(model, modules)
+    w_belief, w_features = w_hidden[:, :, :classes], w_hidden[:, :, classes:]  # (n, H, C), (n, H, d)
+    receives = [extractor_gets_gradient(config.extractor, i, depth) for i in modules]
     with autocast():
         if all(receives):
             from_features = torch.einsum("bd,lhd->lbh", features, w_features)
