@@ -208,3 +208,96 @@ def run(depths, methods=("sid", "bp"), batch_size=128, steps=10, warmup=3, base:
                             "step_seconds": statistics.median(times[m]),
                             "peak_saved_bytes": peak_saved_bytes(configs[m], batch_size, device)})
     return records
+
+
+# ---------------------------------------------------------------- module-parallel SID (sidlib.parallel)
+
+def time_steps_in_process_group(config: TrainConfig, batch_size: int, steps: int, warmup: int) -> list[float]:
+    """Seconds of each of ``steps`` training steps (after ``warmup``) of ``config`` in the process group
+    ``torchrun`` started (or in this process alone): every rank runs the step between two barriers, so
+    a step lasts as long as its slowest rank. One thread per rank."""
+    import torch.distributed as dist
+
+    from . import parallel
+
+    torch.set_num_threads(1)
+    device = config.resolved_device()
+    parallel.init_from_environment(device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    model, optimizer, images, labels = _setup(config, batch_size, device)  # the same on every rank (seeded)
+    autocast = autocast_for(device, config.precision)
+    times = []
+    for repeat in range(warmup + steps):
+        if parallel.active():
+            dist.barrier()
+        started = synchronized_time(device)
+        _train_step(config, model, optimizer, images, labels, autocast)
+        if parallel.active():
+            dist.barrier()
+        if repeat >= warmup:
+            times.append(synchronized_time(device) - started)
+    if parallel.active():
+        parallel.leave()
+    return times
+
+
+def run_ranks(depths, ranks=(1, 2), batch_size=128, steps=10, warmup=3, rounds=3, base: TrainConfig | None = None,
+              log=print) -> list[dict]:
+    """Steps per second of module-parallel SID at each number of processes in ``ranks`` (one thread each,
+    launched by ``torchrun``), beside one-process BP and the speed-up that ``sidlib.analysis.profiling``
+    projects from SID's and BP's stage times measured here (one thread). The launches alternate between
+    the rank counts over ``rounds`` rounds, so that a slow spell of the machine hits all of them; each
+    record's step time is the median over rounds of each launch's median step."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from .analysis import profiling
+
+    base = base or TrainConfig()
+    launches = [("bp", 1)] + [("sid", r) for r in ranks]
+    medians = {(depth, method, r): [] for depth in depths for method, r in launches}
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_ in range(rounds):
+            for depth in depths:
+                for method, r in launches:
+                    config = replace(base, method=method, depth=depth)
+                    out = os.path.join(scratch, "times.json")
+                    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(r),
+                               "--master-port", str(29400 + os.getpid() % 500), "-m", "sidlib.parallel",
+                               json.dumps(config.to_dict()), str(batch_size), str(steps), str(warmup), out]
+                    done = subprocess.run(command, capture_output=True, text=True,
+                                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                    if done.returncode != 0:
+                        raise RuntimeError(f"{method} on {r} processes at depth {depth} failed:\n{done.stderr[-2000:]}")
+                    with open(out) as f:
+                        medians[(depth, method, r)].append(statistics.median(json.load(f)))
+                    log(f"round {round_ + 1}/{rounds}: depth {depth}, {method} on {r} process(es): "
+                        f"{1000 * medians[(depth, method, r)][-1]:.2f} ms a step")
+    torch.set_num_threads(1)
+    records = []
+    for depth in depths:
+        config = replace(base, method="sid", depth=depth)
+        model, _, images, labels = _setup(config, batch_size, torch.device("cpu"))
+        costs = {m: profiling.measure_costs(m, model, images, labels, config, repeats=steps, warmup=warmup)
+                 for m in ("bp", "sid")}
+        one = statistics.median(medians[(depth, "sid", 1)]) if 1 in ranks else None
+        bp = statistics.median(medians[(depth, "bp", 1)])
+        for r in ranks:
+            seconds = statistics.median(medians[(depth, "sid", r)])
+            projected_sid = {acc: profiling.projected_times(costs["bp"], costs["sid"], r, acc)[1]
+                             for acc in ("modules", "extractor")}
+            projected_one = {acc: profiling.projected_times(costs["bp"], costs["sid"], 1, acc)[1]
+                             for acc in ("modules", "extractor")}
+            records.append({"model": base.model, "depth": depth, "processes": r, "step_seconds": seconds,
+                            "steps_per_second": 1 / seconds, "rounds": medians[(depth, "sid", r)],
+                            "speedup_over_one_process": None if one is None else one / seconds,
+                            "projected_speedup_over_one_process": {acc: projected_one[acc] / projected_sid[acc]
+                                                                   for acc in projected_sid},
+                            "bp_step_seconds": bp, "speedup_over_bp": bp / seconds,
+                            "projected_speedup_over_bp": {acc: profiling.projected_speedup(costs["bp"], costs["sid"], r, acc)
+                                                          for acc in ("modules", "extractor")}})
+    return records

@@ -138,6 +138,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=d.batch_size)
     b.add_argument("--steps", type=int, default=10, help="timed steps per method and depth (median reported)")
     b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--ranks", type=int, nargs="+", default=None,
+                   help="time module-parallel SID on each of these numbers of processes (torchrun, one thread "
+                        "each) beside one-process BP and the speed-up projected from measured stage times")
+    b.add_argument("--rounds", type=int, default=3, help="with --ranks: launches per rank count, alternating")
     b.add_argument("--device", choices=DEVICES, default=d.device)
     b.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     b.add_argument("--json", action="store_true", help="print the records as JSON")
@@ -205,6 +209,8 @@ def _bench(args) -> int:
         raise ConfigError("--depths must all be at least 1")
     if args.out is not None and (problem := check_writable(args.out)):
         raise ConfigError(f"cannot write --out: {problem}; choose a writable path")
+    if args.ranks is not None:
+        return _bench_ranks(args, base)
     depths = args.depths if cascade or args.model in STACKS else [None]
     device = base.resolved_device()
     records = bench.run(depths, methods, args.batch_size, args.steps, args.warmup, base, device)
@@ -242,6 +248,39 @@ def _bench(args) -> int:
         for m in methods:
             ratio = by_key[(m, hi)]["peak_saved_bytes"] / by_key[(m, lo)]["peak_saved_bytes"]
             print(f"{m}: peak saved bytes x{ratio:.2f} from depth {lo} to {hi}")
+    return 0
+
+
+def _bench_ranks(args, base) -> int:
+    if base.resolved_head() != "cascade":
+        raise ConfigError("--ranks times module-parallel SID, which needs a cascade: add --head cascade")
+    if args.methods not in (None, ["sid"]):
+        raise ConfigError("--ranks times SID against one-process BP; drop --methods")
+    if min(args.ranks) < 1 or max(args.ranks) > min(args.depths) or args.rounds < 1:
+        raise ConfigError(f"--ranks must lie between 1 and the smallest depth ({min(args.depths)}), --rounds at least 1")
+    if args.out is not None and (problem := check_writable(args.out)):
+        raise ConfigError(f"cannot write --out: {problem}; choose a writable path")
+    records = bench.run_ranks(args.depths, args.ranks, args.batch_size, args.steps, args.warmup, args.rounds, base,
+                              log=(lambda *_: None) if args.json else print)
+    if args.out is not None:
+        from .train import environment
+
+        write_json(args.out, {"command": "python -m sidlib " + shlex.join(args.argv), "batch_size": args.batch_size,
+                              "steps": args.steps, "rounds": args.rounds, "threads_per_process": 1, "records": records,
+                              "environment": environment(base.resolved_device())})
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    print(f"module-parallel SID, {base.model} cascade, batch {args.batch_size}, one thread per process; "
+          f"median over {args.rounds} rounds of each launch's median of {args.steps} steps")
+    print(f"{'depth':>5} {'processes':>9} {'step ms':>8} {'steps/s':>8} {'speed-up':>9} {'projected':>10} "
+          f"{'(modules only)':>15} {'BP ms':>7} {'BP / SID':>9}")
+    for r in records:
+        measured = "-" if r["speedup_over_one_process"] is None else f"{r['speedup_over_one_process']:.2f}"
+        projected = r["projected_speedup_over_one_process"]
+        print(f"{r['depth']:>5} {r['processes']:>9} {1000 * r['step_seconds']:>8.2f} {r['steps_per_second']:>8.1f} "
+              f"{measured:>9} {projected['extractor']:>10.2f} {projected['modules']:>15.2f} "
+              f"{1000 * r['bp_step_seconds']:>7.2f} {r['speedup_over_bp']:>9.2f}")
     return 0
 
 

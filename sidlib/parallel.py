@@ -134,3 +134,26 @@ def share_modules(model, optimizer) -> None:
                 for key in sorted(state):
                     if torch.is_tensor(state[key]):
                         _broadcast(state[key], owner)
+
+
+def _time_steps_main(argv: list[str]) -> None:
+    """``torchrun ... -m sidlib.parallel CONFIG_JSON BATCH STEPS WARMUP OUT``: one rank of
+    ``sidlib.bench.run_ranks``; rank 0 writes the step times (seconds, JSON) to OUT."""
+    import json
+
+    from .bench import time_steps_in_process_group
+    from .config import TrainConfig
+    from .io import write_json
+
+    config_json, batch_size, steps, warmup, out = argv
+    me = int(os.environ.get("RANK", "0"))
+    times = time_steps_in_process_group(TrainConfig(**json.loads(config_json)).validate(), int(batch_size), int(steps),
+                                        int(warmup))
+    if me == 0:
+        write_json(out, times)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _time_steps_main(sys.argv[1:])

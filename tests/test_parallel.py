@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -111,3 +112,26 @@ def test_module_parallel_adam_steps_equal_one_process_in_float64(tmp_path, optio
     for index, state in one["optimizer"]["state"].items():
         for key, value in state.items():
             torch.testing.assert_close(two["optimizer"]["state"][index][key], value, rtol=1e-9, atol=1e-15)
+
+
+def test_bench_times_module_parallel_sid_beside_bp_and_the_projection(tmp_path):
+    out = tmp_path / "ranks.json"
+    done = subprocess.run([sys.executable, "-m", "sidlib", "bench", "--dataset", "synthetic", "--depths", "2", "--ranks", "1", "2",
+                           "--rounds", "1", "--steps", "1", "--warmup", "0", "--batch-size", "8", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads(out.read_text())["records"]
+    assert [(r["depth"], r["processes"]) for r in records] == [(2, 1), (2, 2)]
+    assert records[0]["speedup_over_one_process"] == 1.0
+    assert records[0]["projected_speedup_over_one_process"] == {"modules": 1.0, "extractor": 1.0}
+    for r in records:
+        assert r["step_seconds"] > 0 and r["bp_step_seconds"] > 0
+        assert r["speedup_over_bp"] == pytest.approx(r["bp_step_seconds"] / r["step_seconds"])
+        # with one device per module the modules-only projection can only gain on one device's
+        assert r["projected_speedup_over_one_process"]["modules"] >= r["projected_speedup_over_one_process"]["extractor"] >= 1.0
+
+
+def test_bench_refuses_ranks_it_cannot_time_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "sidlib", "bench", "--dataset", "synthetic", "--depths", "2", "--ranks", "3"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--ranks" in done.stderr, done.stderr
