@@ -30,13 +30,22 @@ def test_tsne_keeps_well_separated_clusters_apart():
     assert features.separability(embedded, labels)["knn_acc"] == pytest.approx(100.0)
 
 
+def test_significant_keeps_digits_relative_to_each_value():
+    values = torch.tensor([1.23456e-4, 123456.0, 0.0, -0.987654, 5e-9], dtype=torch.float64)
+    rounded = features.significant(values, 4).tolist()
+    assert rounded == pytest.approx([1.235e-4, 123500.0, 0.0, -0.9877, 5e-9], rel=1e-12)
+    assert rounded[2] == 0.0
+
+
 def test_feature_snapshot_is_the_extractors_output_on_the_first_test_images():
     data, cfg, model = trained_synthetic_sid(depth=2)
-    snapshot = features.feature_snapshot(model, data, cfg, test_samples=30, decimals=3)
+    snapshot = features.feature_snapshot(model, data, cfg, test_samples=30, digits=4)
     x, y = features.snapshot_arrays(snapshot)
     with torch.no_grad():
         expected = model.extractor(data.prepare(data.test_images[:30])).double().numpy()
     assert x.shape == (30, model.feature_dim) and y.tolist() == data.test_labels[:30].tolist()
-    assert np.allclose(x, expected, atol=5e-4)  # rounded to 3 decimals, nothing else
-    report = features.feature_report(model, data, cfg, test_samples=30, decimals=3)
-    assert report["features"] == snapshot["features"] and set(report["separability"]) == {"linear_probe_acc", "knn_acc", "silhouette"}
+    assert np.allclose(x, expected, rtol=5e-4, atol=0)  # 4 significant digits, nothing else
+    report = features.feature_report(model, data, cfg, test_samples=30, digits=4)
+    assert report["features"] == snapshot["features"]
+    # separability is measured on the features before rounding
+    assert report["separability"] == pytest.approx(features.separability(expected, y))
