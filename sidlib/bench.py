@@ -286,17 +286,15 @@ def run_ranks(depths, ranks=(1, 2), batch_size=128, steps=10, warmup=3, rounds=3
                  for m in ("bp", "sid")}
         one = statistics.median(medians[(depth, "sid", 1)]) if 1 in ranks else None
         bp = statistics.median(medians[(depth, "bp", 1)])
+        projected_sid = {(acc, r): profiling.projected_times(costs["bp"], costs["sid"], r, acc)[1]
+                         for acc in ("modules", "extractor") for r in {1, *ranks}}
         for r in ranks:
             seconds = statistics.median(medians[(depth, "sid", r)])
-            projected_sid = {acc: profiling.projected_times(costs["bp"], costs["sid"], r, acc)[1]
-                             for acc in ("modules", "extractor")}
-            projected_one = {acc: profiling.projected_times(costs["bp"], costs["sid"], 1, acc)[1]
-                             for acc in ("modules", "extractor")}
             records.append({"model": base.model, "depth": depth, "processes": r, "step_seconds": seconds,
                             "steps_per_second": 1 / seconds, "rounds": medians[(depth, "sid", r)],
                             "speedup_over_one_process": None if one is None else one / seconds,
-                            "projected_speedup_over_one_process": {acc: projected_one[acc] / projected_sid[acc]
-                                                                   for acc in projected_sid},
+                            "projected_speedup_over_one_process": {acc: projected_sid[(acc, 1)] / projected_sid[(acc, r)]
+                                                                   for acc in ("modules", "extractor")},
                             "bp_step_seconds": bp, "speedup_over_bp": bp / seconds,
                             "projected_speedup_over_bp": {acc: profiling.projected_speedup(costs["bp"], costs["sid"], r, acc)
                                                           for acc in ("modules", "extractor")}})

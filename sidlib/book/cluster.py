@@ -64,17 +64,15 @@ def train_run(config: dict, variant: str, result_path: str, checkpoint_folder: s
     """One job: train ``config`` (resuming from its checkpoint if one is there), write its results file
     atomically, and return the results. ``analyse`` is the grid's, run on the trained network; ``cwd``
     is the submitting notebook's folder, against which relative data paths resolve."""
-    from .. import data as datasets
     from ..io import write_json
     from ..train import CHECKPOINT_NAME, train_model
+    from .experiments import _load  # the grid's own data loading (imported here: experiments imports this module)
 
     os.chdir(cwd)
     config = TrainConfig(**config).validate()
     folder = Path(checkpoint_folder)
     resume = (folder / CHECKPOINT_NAME).is_file()
-    data = datasets.load(config.dataset, config.data_root, config.resolved_device(), config.train_subset,
-                         config.label_noise, noise_seed=config.seed, test_subset=config.test_subset,
-                         val_split=config.val_split)
+    data = _load(config)
     model, result = train_model(config, checkpoint_dir=folder, resume=resume, data=data)
     if analyse is not None:
         result["analysis"] = analyse(model.eval(), data, config)
