@@ -117,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--test-subset", type=int, default=None, help="stratified subset of N test samples")
     train.add_argument("--val-split", type=int, default=d.val_split,
                        help="hold N training samples out as a validation set, evaluated every epoch (model selection)")
+    train.add_argument("--patience", type=int, default=None,
+                       help="stop once validation accuracy has not improved for N epochs (needs --val-split)")
+    train.add_argument("--track-train-acc", action="store_true",
+                       help="also measure accuracy on the training labels as given (noisy ones too), each epoch")
     train.add_argument("--data-root", default=None, help="dataset folder (default: $SIDLIB_DATA or data/)")
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--device", choices=DEVICES, default=d.device)

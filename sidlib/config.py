@@ -79,6 +79,8 @@ class TrainConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     val_split: int = 0  # training samples held out for model selection (0: none)
+    patience: int | None = None  # stop once validation accuracy has not improved for this many epochs (None: never)
+    track_train_acc: bool = False  # also measure accuracy on the training labels as given (noisy ones too), each epoch
     data_root: str | None = None
     seed: int = 0
     device: str = "auto"
@@ -128,6 +130,12 @@ class TrainConfig:
         if not 0 <= self.val_split < info.train_size:
             raise ConfigError(f"--val-split must be between 0 and {info.train_size - 1} "
                               f"(fewer than {self.dataset}'s {info.train_size} training samples), got {self.val_split}")
+        if self.patience is not None:
+            if self.patience < 1:
+                raise ConfigError(f"--patience must be at least 1, got {self.patience}")
+            if not self.val_split:
+                raise ConfigError("--patience stops on validation accuracy; add --val-split N to hold out N "
+                                  "training samples for it (early stopping never reads the test set)")
         if self.val_split and self.train_subset is not None and self.val_split + self.train_subset > info.train_size:
             raise ConfigError(f"--val-split {self.val_split} and --train-subset {self.train_subset} together exceed "
                               f"{self.dataset}'s {info.train_size} training samples; make one of them smaller")

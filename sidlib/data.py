@@ -74,12 +74,14 @@ class Data:
     val_labels: Tensor | None = None
 
     def split(self, name: str) -> tuple[Tensor, Tensor]:
-        """The images and labels of ``"test"`` or ``"val"``."""
-        if name not in ("test", "val"):
-            raise ValueError(f"unknown split {name!r}; choose 'test' or 'val'")
+        """The images and labels of ``"test"``, ``"val"`` or ``"train"`` (the training labels as
+        given, noisy where there is label noise)."""
+        if name not in ("test", "val", "train"):
+            raise ValueError(f"unknown split {name!r}; choose 'test', 'val' or 'train'")
         if name == "val" and self.val_labels is None:
             raise ValueError("this dataset was loaded without a validation split (val_split=0)")
-        return (self.val_images, self.val_labels) if name == "val" else (self.test_images, self.test_labels)
+        return {"val": (self.val_images, self.val_labels), "test": (self.test_images, self.test_labels),
+                "train": (self.train_images, self.train_labels)}[name]
 
     def prepare(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Raw images -> float, augmented when ``generator`` is given and the dataset asks for it, normalised."""

@@ -210,6 +210,8 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
     autocast = autocast_for(device, config.precision)
     model.train()
     for epoch in range(start_epoch + 1, config.epochs + 1):
+        if config.patience is not None and history and epochs_without_improvement(history) >= config.patience:
+            break  # early stopping (checked here, so that a resumed run that had stopped stays stopped)
         order = torch.randperm(len(data.train_labels), generator=shuffle).to(device)
         loss_sum = torch.zeros((), device=device)
         _sync(device)
@@ -242,6 +244,8 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
         record = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "test_acc": test_acc}
         if config.val_split:  # every epoch's, so that the epoch can be chosen on it rather than on the test set
             record["val_acc"] = evaluate(model, data, autocast, method.predict, split="val")
+        if config.track_train_acc:  # how far the network fits the labels it was given (memorisation of noise)
+            record["train_acc"] = evaluate(model, data, autocast, method.predict, split="train")
         record |= {"epoch_seconds": epoch_seconds, "eval_seconds": time.perf_counter() - started,
                    "lr": optimizer.param_groups[0]["lr"]}
         history.append(record)
@@ -256,5 +260,23 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
 
     return model, {"config": config.to_dict(), "history": history,
             "final_test_acc": history[-1]["test_acc"] if history else None,
-            **({"final_val_acc": history[-1]["val_acc"] if history else None} if config.val_split else {}),
+            **(validation_summary(history) if config.val_split and history else {}),
             "train_seconds": train_seconds, "environment": environment(device)}
+
+
+def best_validation_epoch(history: list[dict]) -> dict:
+    """The first epoch of highest validation accuracy: the checkpoint early stopping keeps."""
+    return max(history, key=lambda record: (record["val_acc"], -record["epoch"]))
+
+
+def epochs_without_improvement(history: list[dict]) -> int:
+    """Epochs trained since the best validation epoch (0 when the last epoch is the best)."""
+    return history[-1]["epoch"] - best_validation_epoch(history)["epoch"]
+
+
+def validation_summary(history: list[dict]) -> dict:
+    """What model selection on the validation split reports: the best-validation epoch, its test
+    accuracy (the early-stopped network's), and the last epoch's validation accuracy."""
+    best = best_validation_epoch(history)
+    return {"final_val_acc": history[-1]["val_acc"], "best_val_epoch": best["epoch"], "best_val_acc": best["val_acc"],
+            "best_val_test_acc": best["test_acc"], "epochs_trained": history[-1]["epoch"]}

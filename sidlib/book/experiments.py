@@ -13,10 +13,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from .. import data as datasets
-from . import cluster
+from . import cluster, workers
 from ..config import TrainConfig
 from ..io import write_json
-from ..train import train, train_model
+from ..train import best_validation_epoch, train, train_model
 
 
 def cli_command(config: TrainConfig) -> str:
@@ -29,7 +29,9 @@ def cli_command(config: TrainConfig) -> str:
         if f.name == "data_root":
             continue
         if f.name in ("method", "dataset", "depth", "epochs", "seed") or value != getattr(defaults, f.name):
-            if value is not None:
+            if value is True:  # a switch (store_true) takes no value
+                parts.append(f"--{f.name.replace('_', '-')}")
+            elif value is not None:
                 parts.append(f"--{f.name.replace('_', '-')} {value}")
     return " ".join(parts + ["--no-progress"])
 
@@ -61,7 +63,9 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
     variants = as_variants(variants)
     configs = {name: replace(base, **changes).validate() for name, changes in variants.items()}
     on_cluster = cluster.requested()  # the runner's --cluster: pending runs become jobs (sidlib.book.cluster)
-    reuse = reuse or on_cluster is not None  # a cluster grid always continues where it stopped
+    pool = workers.requested() if on_cluster is None else 1  # the runner's --workers: local processes
+    deferred = on_cluster is not None or pool > 1  # pending runs are trained elsewhere, then read back
+    reuse = reuse or deferred  # such a grid always continues where it stopped
     shared_data = {}
     results, pending = [], []
     for name, variant_config in configs.items():
@@ -74,7 +78,7 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
                     f"(read back from {path.name})")
                 continue
             config = replace(variant_config, seed=seed)
-            if on_cluster is not None:
+            if deferred:
                 pending.append((name, config, path, cli_command(config)))
                 results.append((name, seed))  # filled in below, in the grid's order
                 continue
@@ -96,8 +100,9 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
             results.append(result)
             log(f"{name} seed {seed}: final test accuracy {result['final_test_acc']:.2f}%")
     if pending:
-        finished = {(r["variant"], r["config"]["seed"]): r
-                    for r in cluster.submit_runs(pending, out_dir, on_cluster, analyse=analyse, log=log)}
+        done = (cluster.submit_runs(pending, out_dir, on_cluster, analyse=analyse, log=log) if on_cluster is not None
+                else workers.run_pending(pending, out_dir, pool, analyse=analyse, log=log))
+        finished = {(r["variant"], r["config"]["seed"]): r for r in done}
         results = [finished[r] if isinstance(r, tuple) else r for r in results]
     return results
 
@@ -126,7 +131,7 @@ def selected_epoch(run: dict) -> dict:
     if not all("val_acc" in h for h in run["history"]):
         raise ValueError(f"run {variant_of(run)!r} seed {run['config']['seed']} has no validation accuracy; "
                          "train it with --val-split N")
-    return max(run["history"], key=lambda h: (h["val_acc"], -h["epoch"]))
+    return best_validation_epoch(run["history"])
 
 
 def summarise(runs: list[dict]) -> list[dict]:

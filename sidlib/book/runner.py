@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from .cluster import CLUSTERS, ENVIRONMENT, describe
+from .workers import ENVIRONMENT as WORKERS_ENVIRONMENT
 
 PRESET_ORDER = ("smoke", "cpu", "paper")  # from smallest to largest
 COMPLETE_MARKER = "summary.json"
@@ -87,10 +88,16 @@ def cluster_options(pairs: list[str]) -> dict:
     return options
 
 
-def run(notebook: Path, preset: str, results_root: Path | None = None, log=print, cluster: dict | None = None) -> Path:
+def run(notebook: Path, preset: str, results_root: Path | None = None, log=print, cluster: dict | None = None,
+        workers: int = 1) -> Path:
     """Execute ``notebook`` at ``preset``; return the executed notebook's path (written atomically).
     ``cluster`` (``{"cluster": "slurm" | "local", <submitit option>: value}``) makes the notebook's grid
-    submit its pending runs as jobs (``sidlib.book.cluster``)."""
+    submit its pending runs as jobs (``sidlib.book.cluster``); ``workers`` > 1 trains them on that many
+    local processes (``sidlib.book.workers``)."""
+    if workers < 1:
+        raise BookError(f"--workers must be at least 1, got {workers}")
+    if workers > 1 and cluster is not None:
+        raise BookError("--workers and --cluster both say where runs train; give one of them")
     notebook = Path(notebook).resolve()
     if not notebook.is_file() or notebook.suffix != ".ipynb":
         raise BookError(f"no notebook at {notebook}; give the path of an .ipynb file under notebooks/")
@@ -110,14 +117,18 @@ def run(notebook: Path, preset: str, results_root: Path | None = None, log=print
         parameters.update(preset=preset, results_root=os.path.relpath(results_root, notebook.parent))
     target = out_dir / notebook.name
     log(f"running {notebook.name} at preset {preset!r} with {parameters}")
-    if cluster is None:
+    # The notebook's kernel inherits the environment; run_grid reads it.
+    asked = {}
+    if cluster is not None:
+        asked[ENVIRONMENT] = describe(cluster["cluster"], {k: v for k, v in cluster.items() if k != "cluster"})
+    if workers > 1:
+        asked[WORKERS_ENVIRONMENT] = str(workers)
+    os.environ.update(asked)
+    try:
         execute(notebook, parameters, target)
-    else:  # the notebook's kernel inherits the environment; run_grid reads it
-        os.environ[ENVIRONMENT] = describe(cluster["cluster"], {k: v for k, v in cluster.items() if k != "cluster"})
-        try:
-            execute(notebook, parameters, target)
-        finally:
-            del os.environ[ENVIRONMENT]
+    finally:
+        for name in asked:
+            del os.environ[name]
     log(f"executed notebook: {target}")
     return target
 
@@ -250,6 +261,9 @@ def main(argv=None) -> int:
                         "and wait for them; finished runs are read back, interrupted ones resume from their checkpoints")
     r.add_argument("--cluster-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a submitit executor parameter, e.g. slurm_partition=gpu, gpus_per_node=1, timeout_min=720")
+    r.add_argument("--workers", type=int, default=1,
+                   help="train the grid's pending runs on N local processes, each with its share of the cores; "
+                        "finished runs are read back, interrupted ones resume from their checkpoints")
     p = commands.add_parser("presets", help="list a notebook's presets")
     p.add_argument("notebook", type=Path)
     f = commands.add_parser("refresh", help="re-execute notebooks in place at their defaults")
@@ -265,7 +279,7 @@ def main(argv=None) -> int:
             if args.cluster_option and args.cluster is None:
                 raise BookError("--cluster-option needs --cluster (slurm or local)")
             cluster = None if args.cluster is None else {"cluster": args.cluster, **cluster_options(args.cluster_option)}
-            run(args.notebook, args.preset, args.results_root, cluster=cluster)
+            run(args.notebook, args.preset, args.results_root, cluster=cluster, workers=args.workers)
         elif args.command == "spread":
             out = args.out or args.notebook.resolve().parent.parent / "results" / "spread" / f"{args.notebook.stem}.json"
             table = measure_spread(args.notebook, args.seeds, args.label, out)

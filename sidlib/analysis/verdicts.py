@@ -1,0 +1,128 @@
+"""From paired runs to a verdict word: the one rule every page and the ledger use.
+
+A claim compares two arms A and B (e.g. SID and BP) on one metric. Arms share seeds, so a seed's
+data order, initial draw and noisy labels are the same in both, and the statistic is the mean of
+the per-seed differences A - B with its Student-t interval. A :class:`Claim` is declared with the
+preset, before its runs: the direction the paper asserts and, where the claim is "on par", the
+margin within which two methods count as on par. :func:`verdict` then turns the interval into a word:
+
+* ``holds``: the whole interval lies on the claimed side of the threshold;
+* ``contradicted``: the whole interval lies on the other side;
+* ``inconclusive``: the interval straddles the threshold (more seeds, or a smaller spread, needed);
+* ``regime not reached``: the claim's precondition (BP fitting the noisy labels, runs that
+  converged, ...) did not happen, so the runs say nothing about it, whatever the interval.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from scipy import stats
+
+VERDICTS = ("holds", "contradicted", "inconclusive", "regime not reached")
+# What a claim says of the effect A - B: above +margin, below -margin, not below -margin (A is on par
+# with B or better: non-inferiority), or within (-margin, +margin) (A and B are on par: equivalence).
+DIRECTIONS = ("greater", "less", "not_less", "equivalent")
+POWER = 0.8  # for the smallest difference a design detects
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The effect A - B that a paper asserts, in the metric's units (points of accuracy)."""
+    direction: str
+    margin: float = 0.0
+
+    def __post_init__(self):
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"unknown claim direction {self.direction!r}; choose one of: {', '.join(DIRECTIONS)}")
+        if not self.margin >= 0:
+            raise ValueError(f"a claim's margin must be at least 0, got {self.margin}")
+        if self.direction == "equivalent" and self.margin == 0:
+            raise ValueError("an equivalence claim needs a margin above 0 (two methods are never exactly equal)")
+
+    def describe(self) -> str:
+        m = f"{self.margin:g}"
+        return {"greater": f"A - B > {m}", "less": f"A - B < -{m}", "not_less": f"A - B > -{m}",
+                "equivalent": f"-{m} < A - B < {m}"}[self.direction]
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of per-seed differences A - B, its two-sided interval, and the design's sensitivity."""
+    differences: tuple[float, ...]
+    seeds: tuple[int, ...]
+    mean: float
+    std: float
+    low: float
+    high: float
+    level: float
+    detectable: float  # the smallest true difference this many seeds detect with POWER at this spread
+
+    @property
+    def n(self) -> int:
+        return len(self.differences)
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> PairedDifference:
+    """``a`` and ``b`` map seed -> metric for the two arms; they must share their seeds (at least 2)."""
+    if set(a) != set(b):
+        raise ValueError(f"the arms must share their seeds to be paired: {sorted(a)} against {sorted(b)}")
+    if len(a) < 2:
+        raise ValueError(f"a paired interval needs at least 2 seeds, got {len(a)}")
+    seeds = tuple(sorted(a))
+    differences = tuple(a[s] - b[s] for s in seeds)
+    n = len(differences)
+    mean, std = statistics.fmean(differences), statistics.stdev(differences)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)
+    detectable = (stats.t.ppf(0.5 + level / 2, n - 1) + stats.t.ppf(POWER, n - 1)) * std / math.sqrt(n)
+    return PairedDifference(differences, seeds, mean, std, mean - half, mean + half, level, detectable)
+
+
+def verdict(difference: PairedDifference, claim: Claim, regime_reached: bool = True) -> str:
+    """The verdict word (one of VERDICTS) of ``claim`` given the paired interval."""
+    if not regime_reached:
+        return "regime not reached"
+    low, high, m = difference.low, difference.high, claim.margin
+    if claim.direction == "equivalent":
+        if -m < low and high < m:
+            return "holds"
+        return "contradicted" if low > m or high < -m else "inconclusive"
+    # One-sided claims: the effect lies above (greater, not_less) or below (less) one threshold.
+    threshold = {"greater": m, "not_less": -m, "less": -m}[claim.direction]
+    above, below = low > threshold, high < threshold
+    if claim.direction == "less":
+        above, below = below, above
+    return "holds" if above else "contradicted" if below else "inconclusive"
+
+
+def metric_by_seed(runs: list[dict], variant: str, metric: str) -> dict[int, float]:
+    """seed -> ``run[metric]`` for the runs of one variant (a grid's results, ``sidlib.book.experiments``)."""
+    found = {r["config"]["seed"]: r[metric] for r in runs if r.get("variant", r["config"]["method"]) == variant}
+    if not found:
+        raise ValueError(f"no runs of variant {variant!r}")
+    return found
+
+
+def compare(runs: list[dict], a: str, b: str, metric: str = "best_val_test_acc", level: float = 0.95) -> PairedDifference:
+    """The paired difference ``a`` - ``b`` of two variants of a grid on ``metric``."""
+    return paired_difference(metric_by_seed(runs, a, metric), metric_by_seed(runs, b, metric), level)
+
+
+def converged(run: dict, tail: float = 0.25) -> bool:
+    """A run converged if its best validation epoch lies before the last ``tail`` of its epoch cap:
+    a run still improving near its cap was stopped by the budget, not by its own progress."""
+    return run["best_val_epoch"] <= (1 - tail) * run["config"]["epochs"]
+
+
+def convergence(runs: list[dict], tail: float = 0.25) -> dict:
+    """How many runs converged (:func:`converged`), and the median best-validation and trained epochs."""
+    return {"converged": sum(converged(r, tail) for r in runs), "runs": len(runs),
+            "median_best_epoch": statistics.median(r["best_val_epoch"] for r in runs),
+            "median_epochs_trained": statistics.median(r["epochs_trained"] for r in runs)}
+
+
+def fits_labels(run: dict, threshold: float = 95.0) -> bool:
+    """Whether the network came to fit its training labels as given (noisy ones included): the
+    memorisation that label-noise and overfitting claims are about."""
+    return max(h["train_acc"] for h in run["history"]) >= threshold
