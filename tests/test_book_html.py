@@ -77,7 +77,7 @@ def test_experiment_page_shows_its_results_as_an_html_table_and_no_smoke_run(htm
 def pages_with_formulas(html):
     """The theory page and every experiment page that has formulas (a page without any loads no MathJax)."""
     names = [THEORY_PAGE] + [n for n in EXPERIMENT_PAGES if page(html, n).select(".math")]
-    assert "results/02_sid_vs_bp/cpu/02_sid_vs_bp" in names
+    assert "results/02_sid_vs_bp/converged/02_sid_vs_bp" in names
     return names
 
 

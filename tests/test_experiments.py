@@ -87,6 +87,9 @@ def test_summaries_against_a_hand_computation():
     curves = experiments.learning_curves(runs)
     assert curves["sid"]["mean"] == [52.5, 67.5, 71] and curves["sid"]["min"] == [50, 60, 70]
     assert curves["sid"]["max"] == [55, 75, 72] and curves["bp"]["epoch"] == [1, 2, 3]
+    # a run stopped early: later epochs average the seeds still training
+    stopped = experiments.learning_curves([fake("sid", 0, [50, 60]), fake("sid", 1, [55, 75, 72])])["sid"]
+    assert stopped["epoch"] == [1, 2, 3] and stopped["mean"] == [52.5, 67.5, 72] and stopped["min"] == [50, 60, 72]
 
 
 def test_the_epoch_selected_on_validation_and_its_test_accuracy():

@@ -172,11 +172,12 @@ def tuned_on_validation(rows: list[dict], variants) -> dict:
 
 
 def learning_curves(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
-    """Per variant: test accuracy per epoch, its mean, minimum and maximum over seeds."""
+    """Per variant: test accuracy per epoch, its mean, minimum and maximum over the seeds still
+    training at that epoch (runs stopped early on validation end at different epochs)."""
     curves = {}
     for variant in sorted({variant_of(r) for r in runs}):
         per_seed = [[h["test_acc"] for h in r["history"]] for r in runs if variant_of(r) == variant]
-        by_epoch = list(zip(*per_seed))
+        by_epoch = [[seq[e] for seq in per_seed if len(seq) > e] for e in range(max(map(len, per_seed)))]
         curves[variant] = {"epoch": list(range(1, len(by_epoch) + 1)),
                           "mean": [statistics.fmean(v) for v in by_epoch],
                           "min": [min(v) for v in by_epoch], "max": [max(v) for v in by_epoch]}

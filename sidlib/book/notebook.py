@@ -45,6 +45,16 @@ def record(name: str, value: float) -> float:
     return value
 
 
+def record_text(name: str, text: str) -> str:
+    """Store a word or phrase (e.g. a verdict) for the prose to cite as ``{glue:md}`name```; return it.
+    It is Markdown, so :func:`recorded` (numbers only) leaves it out: nbval compares it as text."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    glue(name, Markdown(text), display=False)
+    return text
+
+
 def fixed(value: float, decimals: int) -> str:
     """``value`` with ``decimals`` decimals, never ``-0.00``: rounding noise must not flip a sign."""
     text = f"{value:.{decimals}f}"
@@ -56,8 +66,9 @@ def recorded(outputs) -> dict[str, float]:
     values = {}
     for output in outputs or []:
         name = (output.get("metadata") or {}).get("scrapbook", {}).get("name")
-        text = (output.get("data") or {}).get(GLUE_MIME)
-        if name is not None and text is not None:
+        data = output.get("data") or {}
+        text = data.get(GLUE_MIME)
+        if name is not None and text is not None and GLUE_MIME.replace("plain", "markdown") not in data:
             values[name] = float("".join(text) if isinstance(text, list) else text)
     return values
 

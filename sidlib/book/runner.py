@@ -27,7 +27,7 @@ import yaml
 from .cluster import CLUSTERS, ENVIRONMENT, describe
 from .workers import ENVIRONMENT as WORKERS_ENVIRONMENT
 
-PRESET_ORDER = ("smoke", "cpu", "paper")  # from smallest to largest
+PRESET_ORDER = ("smoke", "cpu", "converged", "paper")  # from smallest to largest
 COMPLETE_MARKER = "summary.json"
 KERNEL = "python3"
 
@@ -264,6 +264,14 @@ def main(argv=None) -> int:
     r.add_argument("--workers", type=int, default=1,
                    help="train the grid's pending runs on N local processes, each with its share of the cores; "
                         "finished runs are read back, interrupted ones resume from their checkpoints")
+    t = commands.add_parser("throughput", help="runs per hour of a small grid in one process and on N worker processes")
+    t.add_argument("--dataset", default="mnist1d")
+    t.add_argument("--depth", type=int, default=10)
+    t.add_argument("--epochs", type=int, default=12)
+    t.add_argument("--methods", nargs="+", default=["sid", "bp"])
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    t.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    t.add_argument("--out", type=Path, default=None, help="JSON of the measurement, written atomically")
     p = commands.add_parser("presets", help="list a notebook's presets")
     p.add_argument("notebook", type=Path)
     f = commands.add_parser("refresh", help="re-execute notebooks in place at their defaults")
@@ -287,6 +295,22 @@ def main(argv=None) -> int:
                 for name, row in spread_summary(table).items():
                     print(f"{name}: seeds {row['seed_spread']:.4g}, machines {row['machine_spread']:.4g}")
             print(f"spread: {out}")
+        elif args.command == "throughput":
+            from ..config import ConfigError, TrainConfig
+            from ..io import write_json
+            from .workers import throughput
+
+            if min(args.workers) < 1:
+                raise BookError(f"--workers must be at least 1, got {min(args.workers)}")
+            try:
+                base = TrainConfig(dataset=args.dataset, depth=args.depth, epochs=args.epochs, val_split=500,
+                                   label_smoothing=0.1, device="cpu").validate()
+            except ConfigError as error:
+                raise BookError(str(error)) from None
+            table = throughput(base, args.methods, args.seeds, args.workers)
+            table["command"] = "python -m sidlib.book throughput " + " ".join(sys.argv[2:] if argv is None else argv[1:])
+            if args.out:
+                write_json(args.out, table)
         elif args.command == "presets":
             for name, values in presets_for(args.notebook).items():
                 print(f"{name}: {values or '(the notebook defaults)'}")

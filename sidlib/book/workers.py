@@ -9,7 +9,9 @@ instead. The runner puts the worker count in the notebook kernel's environment (
 cluster's jobs do (``sidlib.book.cluster.train_run``: a checkpoint after every epoch, resumed when
 found, the results file written atomically), so an interrupted grid continues where each run
 stopped. A worker uses ``cores // workers`` threads; each run's JSON records its thread count, and
-seeded runs are bitwise reproducible for a given thread count.
+seeded runs are bitwise reproducible for a given thread count. Workers are spawned (fresh
+interpreters), so a script that calls ``run_grid`` with workers must guard its top level with
+``if __name__ == "__main__":``, as ``multiprocessing`` requires; notebooks need nothing.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ENVIRONMENT = "SIDBOOK_WORKERS"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def requested() -> int:
@@ -48,13 +51,28 @@ def run_pending(pending: list, out_dir: Path, workers: int, analyse=None, log=pr
     """Train ``(variant, config, results path, command)`` runs on ``workers`` processes; return their
     results in the order given. The grid's ``analyse`` travels with each run (cloudpickle, so that a
     function defined in a notebook works)."""
+    threads = max(1, available_cores() // workers)
+    log(f"{len(pending)} runs on {workers} worker processes, {threads} thread(s) each")
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no thread pool inherited across fork
+    # OpenMP and BLAS size their pools from the environment when a worker starts: give each its share,
+    # so that no library in a worker starts a pool as large as the machine.
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    try:
+        return _run(pending, out_dir, workers, threads, analyse, log, context)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run(pending, out_dir, workers, threads, analyse, log, context) -> list[dict]:
     import cloudpickle
 
     from . import cluster
 
-    threads = max(1, available_cores() // workers)
-    log(f"{len(pending)} runs on {workers} worker processes, {threads} thread(s) each")
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no thread pool inherited across fork
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
         futures = []
         for variant, config, path, command in pending:
@@ -67,3 +85,36 @@ def run_pending(pending: list, out_dir: Path, workers: int, analyse=None, log=pr
             log(f"{variant} seed {config.seed}: final test accuracy {result['final_test_acc']:.2f}%")
             results.append(result)
     return results
+
+
+def throughput(base, variants, seeds, worker_counts=(1, 2), log=print) -> dict:
+    """Runs per hour of one grid (``base`` x ``variants`` x ``seeds``, fresh results folders) trained in
+    the notebook's process (1: all cores in one process) and on each larger number of workers,
+    measured one after the other in one sitting, so that their ratio compares like with like."""
+    import tempfile
+    import time
+
+    import torch
+
+    from ..train import cpu_model
+    from .experiments import run_grid
+
+    rows = []
+    for count in worker_counts:
+        saved = os.environ.get(ENVIRONMENT)
+        os.environ[ENVIRONMENT] = str(count)
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                started = time.perf_counter()
+                runs = run_grid(base, variants, seeds, Path(out), log=lambda *_: None)
+                wall = time.perf_counter() - started
+        finally:
+            os.environ.pop(ENVIRONMENT) if saved is None else os.environ.__setitem__(ENVIRONMENT, saved)
+        threads = available_cores() // count if count > 1 else torch.get_num_threads()
+        rows.append({"workers": count, "threads_per_worker": threads, "runs": len(runs), "wall_seconds": wall,
+                     "runs_per_hour": 3600 * len(runs) / wall})
+        log(f"{count} worker(s), {threads} thread(s) each: {len(runs)} runs in {wall:.1f} s, "
+            f"{rows[-1]['runs_per_hour']:.0f} runs per hour")
+    return {"config": base.to_dict(), "variants": list(variants), "seeds": list(seeds), "rows": rows,
+            "speedup": {row["workers"]: row["runs_per_hour"] / rows[0]["runs_per_hour"] for row in rows},
+            "environment": {"processor": cpu_model(), "cores": available_cores(), "torch": torch.__version__}}

@@ -1,0 +1,117 @@
+"""A page's converged answer (sidlib.book.claims) and grids on local worker processes (sidlib.book.workers)."""
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from helpers import config  # noqa: E402
+from sidlib.analysis.verdicts import Claim  # noqa: E402
+from sidlib.book import claims, experiments, runner, workers  # noqa: E402
+from sidlib.train import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(variant, seed, acc, best_epoch=10, cap=40):
+    return {"variant": variant, "config": {"seed": seed, "method": variant, "epochs": cap},
+            "best_val_test_acc": acc, "best_val_epoch": best_epoch, "epochs_trained": best_epoch + 5}
+
+
+def test_the_answer_pairs_seeds_and_words_the_verdict():
+    runs = [run("sid", s, 90.0 + s) for s in range(4)] + [run("bp", s, 89.0 + s + 0.1 * s) for s in range(4)]
+    runs.append(run("fa", 0, 10.0))  # a third variant of the grid is not part of the comparison
+    test = claims.ClaimTest("sid_vs_bp", "sid", "bp", Claim("not_less", 1.0), paper_effect=0.1, paper_source="paper")
+    result = claims.answer(runs, test)
+    assert result["difference"].differences == pytest.approx((1.0, 0.9, 0.8, 0.7))
+    assert result["verdict"] == "holds" and result["convergence"]["converged"] == 4 * 2
+    assert result["a_mean"] == pytest.approx(91.5) and result["b_mean"] == pytest.approx(90.65)
+    text = claims.answer_text(result, names=("SID", "BP"))
+    assert text.startswith("**Verdict: holds.**") and "+0.85 points" in text and "4 paired seeds" in text
+    assert claims.answer(runs, test, regime_reached=False)["verdict"] == "regime not reached"
+    fig, ax = plt.subplots()
+    claims.plot_answer(ax, result, names=("SID", "BP"))
+    assert ax.get_title().startswith("holds")
+    plt.close(fig)
+
+
+def test_text_records_are_not_read_as_numbers():
+    from sidlib.book.notebook import GLUE_MIME, recorded
+    number = {"output_type": "display_data", "data": {GLUE_MIME: "1.5"}, "metadata": {"scrapbook": {"name": "x"}}}
+    word = {"output_type": "display_data", "data": {GLUE_MIME: "<IPython.core.display.Markdown object>",
+                                                    GLUE_MIME.replace("plain", "markdown"): "holds"},
+            "metadata": {"scrapbook": {"name": "x_verdict"}}}
+    assert recorded([number, word]) == {"x": 1.5}
+
+
+BASE = config(method="sid", depth=2, train_subset=64, test_subset=64, batch_size=32, epochs=2, val_split=32)
+
+
+def test_a_grid_on_worker_processes_equals_training_here_and_is_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv(workers.ENVIRONMENT, "2")
+    said = []
+    made = experiments.run_grid(BASE, ["sid", "bp"], [0, 1], tmp_path, log=said.append)
+    assert any("4 runs on 2 worker processes" in line for line in said)
+    assert [(r["variant"], r["config"]["seed"]) for r in made] == [("sid", 0), ("sid", 1), ("bp", 0), ("bp", 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, workers.available_cores() // 2))  # the workers' share: the same kernels' order
+    try:
+        for result in made:
+            here = train(replace(BASE, method=result["config"]["method"], seed=result["config"]["seed"]))
+            assert [e["train_loss"] for e in result["history"]] == [e["train_loss"] for e in here["history"]]
+            assert result["best_val_test_acc"] == here["best_val_test_acc"]
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.delenv(workers.ENVIRONMENT)
+    said.clear()
+    again = experiments.run_grid(BASE, ["sid", "bp"], [0, 1], tmp_path, reuse=True, log=said.append)
+    assert again == made and all("read back" in line for line in said)
+
+
+def test_the_runner_refuses_bad_worker_counts_in_one_line(tmp_path):
+    for extra in (["--workers", "0"], ["--workers", "2", "--cluster", "local"]):
+        done = subprocess.run([sys.executable, "-m", "sidlib.book", "run", "notebooks/02_sid_vs_bp.ipynb", *extra,
+                               "--results-root", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "--workers" in done.stderr
+
+
+CONVERGED = sorted((ROOT / "results").glob("*/converged"))
+
+
+@pytest.mark.parametrize("folder", CONVERGED, ids=lambda p: p.parent.name)
+def test_every_committed_converged_preset_follows_the_protocol(folder):
+    """Validation held out of the training set and evaluated every epoch, early stopping or the whole
+    budget as the preset says, paired seeds (8 or more), and the claim declared in the preset."""
+    stem = folder.parent.name
+    preset = runner.presets_for(ROOT / "notebooks" / f"{stem}.ipynb")["converged"]
+    assert {"claim_direction", "claim_margin"} <= set(preset), f"{stem}: the converged preset declares no claim"
+    Claim(preset["claim_direction"], preset["claim_margin"])
+    runs = [json.loads(p.read_text()) for p in folder.glob("*-seed*.json")]
+    assert runs, f"{folder}: no runs"
+    complete = (folder / runner.COMPLETE_MARKER).is_file()
+    if not complete:  # still running across sessions: its finished runs are committed, the book does not show it
+        assert f"results/{stem}/converged" not in (ROOT / "_toc.yml").read_text(), f"{stem}: incomplete but in the book"
+    seeds = {}
+    for r in runs:
+        c = r["config"]
+        assert c["val_split"] > 0 and all("val_acc" in h for h in r["history"]), r["command"]
+        assert c["patience"] == preset.get("patience") and c["epochs"] == preset["epochs"], r["command"]
+        trained = len(r["history"])
+        assert trained == r["epochs_trained"] and (trained == c["epochs"] or c["patience"] is not None)
+        if c["patience"] is not None and trained < c["epochs"]:  # stopped early: exactly patience epochs after the best
+            assert trained - r["best_val_epoch"] == c["patience"]
+        best = max(r["history"], key=lambda h: (h["val_acc"], -h["epoch"]))
+        assert r["best_val_test_acc"] == best["test_acc"] and not math.isnan(r["best_val_test_acc"])
+        seeds.setdefault(experiments.variant_of(r), set()).add(c["seed"])
+    if complete:
+        assert len({frozenset(s) for s in seeds.values()}) == 1, f"{stem}: variants do not share their seeds: {seeds}"
+        assert all(len(s) >= 8 for s in seeds.values()), seeds
