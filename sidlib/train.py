@@ -94,7 +94,7 @@ def make_optimizer(model, lr: float, name: str = "adam", weight_decay: float | N
 
 @torch.no_grad()
 def evaluate(model, data: datasets.Data, autocast=contextlib.nullcontext, predict=None, split: str = "test") -> float:
-    """Accuracy in percent on ``split`` ("test" or "val"), of ``predict(model, images) -> logits``
+    """Accuracy in percent on ``split`` ("test", "val" or "train"), of ``predict(model, images) -> logits``
     (default: ``model(images)``)."""
     predict = predict or (lambda net, images: net(images))
     split_images, split_labels = data.split(split)
@@ -270,13 +270,14 @@ def best_validation_epoch(history: list[dict]) -> dict:
 
 
 def epochs_without_improvement(history: list[dict]) -> int:
-    """Epochs trained since the best validation epoch (0 when the last epoch is the best)."""
+    """Epochs trained since the first epoch of best validation accuracy (0 when the last epoch is it)."""
     return history[-1]["epoch"] - best_validation_epoch(history)["epoch"]
 
 
 def validation_summary(history: list[dict]) -> dict:
     """What model selection on the validation split reports: the best-validation epoch, its test
-    accuracy (the early-stopped network's), and the last epoch's validation accuracy."""
+    accuracy (what the early-stopped network scores), and the last epoch's validation accuracy. The
+    network the loop returns and checkpoints is the last epoch's, not the best one's."""
     best = best_validation_epoch(history)
     return {"final_val_acc": history[-1]["val_acc"], "best_val_epoch": best["epoch"], "best_val_acc": best["val_acc"],
             "best_val_test_acc": best["test_acc"], "epochs_trained": history[-1]["epoch"]}

@@ -86,9 +86,11 @@ def run(variant, seed, best_epoch, cap, test_acc=50.0, train_accs=(50.0,)):
             "best_val_test_acc": test_acc, "history": [{"train_acc": a} for a in train_accs]}
 
 
-def test_convergence_is_the_best_epoch_well_inside_the_cap():
-    assert verdicts.converged(run("bp", 0, 75, 100)) and not verdicts.converged(run("bp", 0, 76, 100))
-    report = verdicts.convergence([run("bp", 0, 20, 100), run("bp", 1, 90, 100), run("bp", 2, 40, 100)])
+def test_convergence_is_early_stopping_or_the_best_epoch_well_inside_the_cap():
+    full = lambda best, cap: {**run("bp", 0, best, cap), "epochs_trained": cap}  # noqa: E731 (trained to its cap)
+    assert verdicts.converged(full(75, 100)) and not verdicts.converged(full(76, 100))
+    assert verdicts.converged(run("bp", 0, 85, 100))  # stopped by patience at epoch 95, before its cap
+    report = verdicts.convergence([run("bp", 0, 20, 100), full(90, 100), run("bp", 2, 40, 100)])
     assert report == {"converged": 2, "runs": 3, "median_best_epoch": 40, "median_epochs_trained": 50}
 
 
@@ -103,3 +105,7 @@ def test_compare_pairs_two_variants_of_a_grid():
     assert d.differences == (1.0, 3.0) and d.mean == 2.0
     with pytest.raises(ValueError, match="no runs of variant"):
         verdicts.compare(runs, "sid", "fa")
+    with pytest.raises(ValueError, match="two runs with seed 0"):
+        verdicts.compare(runs + [run("sid", 0, 1, 9, 70.0)], "sid", "bp")
+    with pytest.raises(ValueError, match="has no 'final_test_acc'"):
+        verdicts.compare(runs, "sid", "bp", metric="final_test_acc")

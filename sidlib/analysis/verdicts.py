@@ -41,10 +41,10 @@ class Claim:
         if self.direction == "equivalent" and self.margin == 0:
             raise ValueError("an equivalence claim needs a margin above 0 (two methods are never exactly equal)")
 
-    def describe(self) -> str:
-        m = f"{self.margin:g}"
-        return {"greater": f"A - B > {m}", "less": f"A - B < -{m}", "not_less": f"A - B > -{m}",
-                "equivalent": f"-{m} < A - B < {m}"}[self.direction]
+    def describe(self, a: str = "A", b: str = "B") -> str:
+        m, effect = f"{self.margin:g}", f"{a} - {b}"
+        return {"greater": f"{effect} > {m}", "less": f"{effect} < -{m}", "not_less": f"{effect} > -{m}",
+                "equivalent": f"-{m} < {effect} < {m}"}[self.direction]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,9 @@ class PairedDifference:
     low: float
     high: float
     level: float
-    detectable: float  # the smallest true difference this many seeds detect with POWER at this spread
+    # How far the true difference must lie from a claim's threshold for this many seeds, at this spread,
+    # to put the interval wholly on its side with probability POWER (a two-sided test at 1 - level).
+    detectable: float
 
     @property
     def n(self) -> int:
@@ -98,7 +100,16 @@ def verdict(difference: PairedDifference, claim: Claim, regime_reached: bool = T
 
 def metric_by_seed(runs: list[dict], variant: str, metric: str) -> dict[int, float]:
     """seed -> ``run[metric]`` for the runs of one variant (a grid's results, ``sidlib.book.experiments``)."""
-    found = {r["config"]["seed"]: r[metric] for r in runs if r.get("variant", r["config"]["method"]) == variant}
+    found = {}
+    for r in runs:
+        if r.get("variant", r["config"]["method"]) != variant:
+            continue
+        seed = r["config"]["seed"]
+        if seed in found:
+            raise ValueError(f"variant {variant!r} has two runs with seed {seed}; a comparison pairs one run per seed")
+        if metric not in r:
+            raise ValueError(f"variant {variant!r} seed {seed} has no {metric!r}; train it with --val-split N")
+        found[seed] = r[metric]
     if not found:
         raise ValueError(f"no runs of variant {variant!r}")
     return found
@@ -110,9 +121,11 @@ def compare(runs: list[dict], a: str, b: str, metric: str = "best_val_test_acc",
 
 
 def converged(run: dict, tail: float = 0.25) -> bool:
-    """A run converged if its best validation epoch lies before the last ``tail`` of its epoch cap:
-    a run still improving near its cap was stopped by the budget, not by its own progress."""
-    return run["best_val_epoch"] <= (1 - tail) * run["config"]["epochs"]
+    """A run converged if early stopping ended it (validation accuracy stopped improving for its
+    patience before the cap) or, trained to its cap, its best validation epoch lies before the last
+    ``tail`` of it: a run still improving near its cap was stopped by the budget, not by its own progress."""
+    cap = run["config"]["epochs"]
+    return run["epochs_trained"] < cap or run["best_val_epoch"] <= (1 - tail) * cap
 
 
 def convergence(runs: list[dict], tail: float = 0.25) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from ..analysis.verdicts import Claim, compare, convergence, verdict
+from ..analysis.verdicts import POWER, Claim, compare, convergence, verdict
 from .experiments import variant_of
 
 
@@ -27,9 +27,15 @@ class ClaimTest:
     paper_source: str = ""
 
 
-def claim_of(direction: str, margin: float) -> Claim:
-    """The claim a preset declares (its ``claim_direction`` and ``claim_margin`` parameters)."""
-    return Claim(direction, margin)
+METRICS = {"best_val_test_acc": "test accuracy at the best validation epoch",
+           "final_test_acc": "test accuracy at the last epoch"}
+
+
+def declared_claim(summary: dict) -> Claim:
+    """The claim a preset declared before its runs, as its notebook wrote it into ``summary.json``."""
+    if "claim" not in summary:
+        raise ValueError(f"preset {summary.get('preset')!r} declared no claim in its summary; run its converged preset")
+    return Claim(summary["claim"]["direction"], summary["claim"]["margin"])
 
 
 def answer(runs: list[dict], test: ClaimTest, regime_reached: bool = True, regime: str = "") -> dict:
@@ -64,12 +70,13 @@ def answer_text(result: dict, names: tuple[str, str] | None = None) -> str:
     paper = (f" The paper's {a} - {b}: {test.paper_effect:+.2f} points ({test.paper_source})."
              if test.paper_effect is not None else "")
     regime = f" {result['regime']}" if result["regime"] else ""
-    return (f"**Verdict: {result['verdict']}.** {a} - {b} = {d.mean:+.2f} points, 95% interval "
-            f"[{d.low:+.2f}, {d.high:+.2f}] over {d.n} paired seeds (the claim: {test.claim.describe()}; "
-            f"this design detects a true difference of {d.detectable:.2f} points with 80% power). "
-            f"{a} {result['a_mean']:.2f} %, {b} {result['b_mean']:.2f} % (test accuracy at the best validation epoch). "
-            f"{conv['converged']} of {conv['runs']} runs converged (best validation epoch before the last quarter of the "
-            f"epoch cap; median best epoch {conv['median_best_epoch']:g}).{regime}{paper}")
+    return (f"**Verdict: {result['verdict']}.** {a} - {b} = {d.mean:+.2f} points, {d.level:.0%} interval "
+            f"[{d.low:+.2f}, {d.high:+.2f}] over {d.n} paired seeds (the claim: {test.claim.describe(a, b)}; the "
+            f"interval lies wholly on one side with {POWER:.0%} probability once the true difference is "
+            f"{d.detectable:.2f} points from the threshold). {a} {result['a_mean']:.2f} %, {b} {result['b_mean']:.2f} % "
+            f"({METRICS.get(test.metric, test.metric)}, mean over seeds). {conv['converged']} of {conv['runs']} runs "
+            f"converged (stopped early on validation, or best validation epoch before the last quarter of the epoch "
+            f"cap; median best epoch {conv['median_best_epoch']:g}).{regime}{paper}")
 
 
 def plot_answer(ax, result: dict, names: tuple[str, str] | None = None) -> None:
@@ -86,5 +93,5 @@ def plot_answer(ax, result: dict, names: tuple[str, str] | None = None) -> None:
     if test.paper_effect is not None:
         ax.plot([test.paper_effect], [0.6], "D", color="tab:red", label=f"paper ({test.paper_source})")
     ax.set(yticks=[], ylim=(0.2, 1.4), xlabel=f"{a} - {b}, test accuracy (points)",
-           title=f"{result['verdict']} ({test.claim.describe().replace('A', a).replace('B', b)})")
+           title=f"{result['verdict']} ({test.claim.describe(a, b)})")
     ax.legend(fontsize=7, loc="upper left")

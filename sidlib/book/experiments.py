@@ -171,12 +171,12 @@ def tuned_on_validation(rows: list[dict], variants) -> dict:
     return max(candidates, key=lambda row: row["selected_val_acc_mean"])
 
 
-def learning_curves(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
-    """Per variant: test accuracy per epoch, its mean, minimum and maximum over the seeds still
-    training at that epoch (runs stopped early on validation end at different epochs)."""
+def learning_curves(runs: list[dict], key: str = "test_acc") -> dict[str, dict[str, list[float]]]:
+    """Per variant: ``key`` (test accuracy, or e.g. ``train_acc``) per epoch, its mean, minimum and
+    maximum over the seeds still training at that epoch (runs stopped early end at different epochs)."""
     curves = {}
     for variant in sorted({variant_of(r) for r in runs}):
-        per_seed = [[h["test_acc"] for h in r["history"]] for r in runs if variant_of(r) == variant]
+        per_seed = [[h[key] for h in r["history"]] for r in runs if variant_of(r) == variant]
         by_epoch = [[seq[e] for seq in per_seed if len(seq) > e] for e in range(max(map(len, per_seed)))]
         curves[variant] = {"epoch": list(range(1, len(by_epoch) + 1)),
                           "mean": [statistics.fmean(v) for v in by_epoch],

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from .cluster import CLUSTERS, ENVIRONMENT, describe
-from .workers import ENVIRONMENT as WORKERS_ENVIRONMENT
+from .workers import ENVIRONMENT as WORKERS_ENVIRONMENT, environment
 
 PRESET_ORDER = ("smoke", "cpu", "converged", "paper")  # from smallest to largest
 COMPLETE_MARKER = "summary.json"
@@ -117,18 +117,12 @@ def run(notebook: Path, preset: str, results_root: Path | None = None, log=print
         parameters.update(preset=preset, results_root=os.path.relpath(results_root, notebook.parent))
     target = out_dir / notebook.name
     log(f"running {notebook.name} at preset {preset!r} with {parameters}")
-    # The notebook's kernel inherits the environment; run_grid reads it.
-    asked = {}
+    # The notebook's kernel inherits the environment; run_grid reads it (one set in the shell is overridden).
+    asked = {WORKERS_ENVIRONMENT: str(workers), ENVIRONMENT: ""}
     if cluster is not None:
         asked[ENVIRONMENT] = describe(cluster["cluster"], {k: v for k, v in cluster.items() if k != "cluster"})
-    if workers > 1:
-        asked[WORKERS_ENVIRONMENT] = str(workers)
-    os.environ.update(asked)
-    try:
+    with environment(asked):
         execute(notebook, parameters, target)
-    finally:
-        for name in asked:
-            del os.environ[name]
     log(f"executed notebook: {target}")
     return target
 

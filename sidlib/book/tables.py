@@ -1,6 +1,7 @@
 """What an experiment page prints about its runs: their scale and provenance, and our numbers beside the paper's."""
 from __future__ import annotations
 
+from ..config import TrainConfig
 from .experiments import summarise, variant_of
 
 
@@ -21,7 +22,7 @@ def _hardware(env: dict) -> str:
 def provenance(preset: str, runs: list[dict]) -> str:
     """Scale, seeds, hardware and the commands (seed as S) of a preset's runs, as lines of text.
     Where the runs differ in training images or hardware, each group's variants are named."""
-    c = runs[0]["config"]
+    c = {**TrainConfig().to_dict(), **runs[0]["config"]}  # a run older than an option was made with its default
     seeds = sorted({r["config"]["seed"] for r in runs})
     datasets = sorted({r["config"]["dataset"] for r in runs})
     subsets = _by_variant(runs, lambda r: r["config"]["train_subset"] or "all")

@@ -15,6 +15,7 @@ interpreters), so a script that calls ``run_grid`` with workers must guard its t
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +35,10 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def threads_per_worker(workers: int) -> int:
+    return max(1, available_cores() // workers)
+
+
 def _start_worker(threads: int) -> None:
     import torch
 
@@ -51,15 +56,22 @@ def run_pending(pending: list, out_dir: Path, workers: int, analyse=None, log=pr
     """Train ``(variant, config, results path, command)`` runs on ``workers`` processes; return their
     results in the order given. The grid's ``analyse`` travels with each run (cloudpickle, so that a
     function defined in a notebook works)."""
-    threads = max(1, available_cores() // workers)
+    threads = threads_per_worker(workers)
     log(f"{len(pending)} runs on {workers} worker processes, {threads} thread(s) each")
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no thread pool inherited across fork
     # OpenMP and BLAS size their pools from the environment when a worker starts: give each its share,
     # so that no library in a worker starts a pool as large as the machine.
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
-    try:
+    with environment({name: str(threads) for name in THREAD_VARIABLES}):
         return _run(pending, out_dir, workers, threads, analyse, log, context)
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """Set environment variables for the block (child processes inherit them), then restore each."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
@@ -90,7 +102,9 @@ def _run(pending, out_dir, workers, threads, analyse, log, context) -> list[dict
 def throughput(base, variants, seeds, worker_counts=(1, 2), log=print) -> dict:
     """Runs per hour of one grid (``base`` x ``variants`` x ``seeds``, fresh results folders) trained in
     the notebook's process (1: all cores in one process) and on each larger number of workers,
-    measured one after the other in one sitting, so that their ratio compares like with like."""
+    measured one after the other in one sitting. Each scheme runs as a notebook's grid would: in one
+    process the dataset is loaded once; a worker loads it per run and checkpoints every epoch, and
+    both costs count against it."""
     import tempfile
     import time
 
@@ -101,16 +115,11 @@ def throughput(base, variants, seeds, worker_counts=(1, 2), log=print) -> dict:
 
     rows = []
     for count in worker_counts:
-        saved = os.environ.get(ENVIRONMENT)
-        os.environ[ENVIRONMENT] = str(count)
-        try:
-            with tempfile.TemporaryDirectory() as out:
-                started = time.perf_counter()
-                runs = run_grid(base, variants, seeds, Path(out), log=lambda *_: None)
-                wall = time.perf_counter() - started
-        finally:
-            os.environ.pop(ENVIRONMENT) if saved is None else os.environ.__setitem__(ENVIRONMENT, saved)
-        threads = available_cores() // count if count > 1 else torch.get_num_threads()
+        with environment({ENVIRONMENT: str(count)}), tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            runs = run_grid(base, variants, seeds, Path(out), log=lambda *_: None)
+            wall = time.perf_counter() - started
+        threads = threads_per_worker(count) if count > 1 else torch.get_num_threads()
         rows.append({"workers": count, "threads_per_worker": threads, "runs": len(runs), "wall_seconds": wall,
                      "runs_per_hour": 3600 * len(runs) / wall})
         log(f"{count} worker(s), {threads} thread(s) each: {len(runs)} runs in {wall:.1f} s, "
