@@ -84,8 +84,10 @@ def plot_answer(ax, result: dict, names: tuple[str, str] | None = None) -> None:
     test, d = result["test"], result["difference"]
     a, b = names or (test.a, test.b)
     ax.axvline(0, color="black", lw=0.8)
-    if test.claim.margin:
-        ax.axvspan(-test.claim.margin, test.claim.margin, color="tab:gray", alpha=0.15, label="± margin")
+    m = test.claim.margin
+    thresholds = {"greater": [m], "less": [-m], "not_less": [-m], "equivalent": [-m, m]}[test.claim.direction]
+    for i, threshold in enumerate(thresholds):
+        ax.axvline(threshold, color="tab:gray", ls="--", lw=1, label="the claim's threshold" if i == 0 else None)
     offsets = [0.15 * ((i % 5) - 2) / 2 for i in range(d.n)]
     ax.plot(d.differences, [1 + o for o in offsets], "o", color="tab:blue", alpha=0.6, label="one seed")
     ax.errorbar([d.mean], [0.6], xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="s", color="tab:blue", capsize=4,
@@ -94,4 +96,4 @@ def plot_answer(ax, result: dict, names: tuple[str, str] | None = None) -> None:
         ax.plot([test.paper_effect], [0.6], "D", color="tab:red", label=f"paper ({test.paper_source})")
     ax.set(yticks=[], ylim=(0.2, 1.4), xlabel=f"{a} - {b}, test accuracy (points)",
            title=f"{result['verdict']} ({test.claim.describe(a, b)})")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: no point hidden

@@ -45,13 +45,26 @@ def record(name: str, value: float) -> float:
     return value
 
 
+class _Words:
+    """Text whose plain form is itself (no quotes), also offered as Markdown."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_markdown_(self) -> str:
+        return self.text
+
+
 def record_text(name: str, text: str) -> str:
-    """Store a word or phrase (e.g. a verdict) for the prose to cite as ``{glue:md}`name```; return it.
-    It is Markdown, so :func:`recorded` (numbers only) leaves it out: nbval compares it as text."""
-    from IPython.display import Markdown
+    """Store a word or phrase (e.g. a verdict) for the prose to cite, as ``{glue:md}`name``` on its page or
+    ``{glue:text}`page.ipynb::name:s``` from another (myst-nb pastes only plain text across documents); return
+    it. It carries Markdown, so :func:`recorded` (numbers only) leaves it out."""
     from myst_nb import glue
 
-    glue(name, Markdown(text), display=False)
+    glue(name, _Words(text), display=False)
     return text
 
 
