@@ -139,8 +139,9 @@ def test_validation_split_is_held_out_stratified_and_the_same_for_every_seed():
     assert images is d.val_images and labels is d.val_labels and d.split("test")[1] is d.test_labels
     with pytest.raises(ValueError, match="val_split"):
         full.split("val")
+    assert d.split("train")[1] is d.train_labels  # the labels as given (noisy where there is noise)
     with pytest.raises(ValueError, match="unknown split"):
-        d.split("train")  # not silently the test set
+        d.split("validation")  # not silently the test set
 
 
 def test_label_noise_reaches_the_validation_labels_too():
