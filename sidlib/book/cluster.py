@@ -88,16 +88,28 @@ def submit_runs(pending: list[tuple[str, TrainConfig, Path, str]], out_dir: Path
     """Submit ``(variant, config, results path, command)`` runs as one job each, wait, and return their
     results in order. A failed job raises with its log's place."""
     made = executor(Path(out_dir) / WORK_FOLDER / "logs", description)
-    jobs = []
     with made.batch():  # one array job on SLURM
-        for variant, config, path, command in pending:
-            folder = checkpoint_dir(out_dir, variant, config.seed).resolve()
-            jobs.append(made.submit(train_run, config.to_dict(), variant, str(Path(path).resolve()), str(folder), command,
-                                    os.getcwd(), analyse))
+        jobs = [made.submit(train_run, *arguments) for arguments in train_run_arguments(pending, out_dir, analyse)]
     log(f"submitted {len(jobs)} runs to {description['cluster']} (logs: {Path(out_dir) / WORK_FOLDER / 'logs'}); waiting")
+    return collect_results(pending, jobs, log, where=lambda job: f" (job {job.job_id})")
+
+
+def train_run_arguments(pending: list[tuple[str, TrainConfig, Path, str]], out_dir: Path, analyse=None) -> list[tuple]:
+    """The arguments of ``train_run`` for each pending run. Paths are absolute, because a job may start
+    in another folder (a cluster node, a worker process)."""
+    cwd = os.getcwd()
+    return [(config.to_dict(), variant, str(Path(path).resolve()),
+             str(checkpoint_dir(out_dir, variant, config.seed).resolve()), command, cwd, analyse)
+            for variant, config, path, command in pending]
+
+
+def collect_results(pending: list[tuple[str, TrainConfig, Path, str]], handles: list, log=print,
+                    where=lambda handle: "") -> list[dict]:
+    """Wait for each run's handle (a submitit job, a future) in submission order, log its outcome, and
+    return the results; a failed run raises here."""
     results = []
-    for (variant, config, _, _), job in zip(pending, jobs):
-        result = job.result()
-        log(f"{variant} seed {config.seed}: final test accuracy {result['final_test_acc']:.2f}% (job {job.job_id})")
+    for (variant, config, _, _), handle in zip(pending, handles):
+        result = handle.result()
+        log(f"{variant} seed {config.seed}: final test accuracy {result['final_test_acc']:.2f}%{where(handle)}")
         results.append(result)
     return results

@@ -86,17 +86,9 @@ def _run(pending, out_dir, workers, threads, analyse, log, context) -> list[dict
     from . import cluster
 
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
-        futures = []
-        for variant, config, path, command in pending:
-            folder = cluster.checkpoint_dir(out_dir, variant, config.seed).resolve()
-            args = (config.to_dict(), variant, str(Path(path).resolve()), str(folder), command, os.getcwd(), analyse)
-            futures.append(pool.submit(_call, cloudpickle.dumps((cluster.train_run, args))))
-        results = []
-        for (variant, config, _, _), future in zip(pending, futures):
-            result = future.result()
-            log(f"{variant} seed {config.seed}: final test accuracy {result['final_test_acc']:.2f}%")
-            results.append(result)
-    return results
+        futures = [pool.submit(_call, cloudpickle.dumps((cluster.train_run, arguments)))
+                   for arguments in cluster.train_run_arguments(pending, out_dir, analyse)]
+        return cluster.collect_results(pending, futures, log)
 
 
 def throughput(base, variants, seeds, worker_counts=(1, 2), log=print) -> dict:
