@@ -120,7 +120,10 @@ def compare(runs: list[dict], a: str, b: str, metric: str = "best_val_test_acc",
     return paired_difference(metric_by_seed(runs, a, metric), metric_by_seed(runs, b, metric), level)
 
 
-def converged(run: dict, tail: float = 0.25) -> bool:
+CONVERGENCE_TAIL = 0.25  # a best epoch in the last quarter of the cap means the budget, not the run, stopped it
+
+
+def converged(run: dict, tail: float = CONVERGENCE_TAIL) -> bool:
     """A run converged if early stopping ended it (validation accuracy stopped improving for its
     patience before the cap) or, trained to its cap, its best validation epoch lies before the last
     ``tail`` of it: a run still improving near its cap was stopped by the budget, not by its own progress."""
@@ -128,7 +131,7 @@ def converged(run: dict, tail: float = 0.25) -> bool:
     return run["epochs_trained"] < cap or run["best_val_epoch"] <= (1 - tail) * cap
 
 
-def convergence(runs: list[dict], tail: float = 0.25) -> dict:
+def convergence(runs: list[dict], tail: float = CONVERGENCE_TAIL) -> dict:
     """How many runs converged (:func:`converged`), and the median best-validation and trained epochs."""
     return {"converged": sum(converged(r, tail) for r in runs), "runs": len(runs),
             "median_best_epoch": statistics.median(r["best_val_epoch"] for r in runs),
