@@ -31,11 +31,14 @@ METRICS = {"best_val_test_acc": "test accuracy at the best validation epoch",
            "final_test_acc": "test accuracy at the last epoch"}
 
 
-def declared_claim(summary: dict) -> Claim:
-    """The claim a preset declared before its runs, as its notebook wrote it into ``summary.json``."""
-    if "claim" not in summary:
-        raise ValueError(f"preset {summary.get('preset')!r} declared no claim in its summary; run its converged preset")
-    return Claim(summary["claim"]["direction"], summary["claim"]["margin"])
+def declared_claim(summary: dict, key: str | None = None) -> Claim:
+    """The claim a preset declared before its runs, as its notebook wrote it into ``summary.json``: its
+    one ``claim``, or, on a page that tests several, the one named ``key`` among its ``claims``."""
+    declared = summary.get("claim") if key is None else summary.get("claims", {}).get(key)
+    if declared is None:
+        what = "no claim" if key is None else f"no claim {key!r}"
+        raise ValueError(f"preset {summary.get('preset')!r} declared {what} in its summary; run its converged preset")
+    return Claim(declared["direction"], declared["margin"])
 
 
 def answer(runs: list[dict], test: ClaimTest, regime_reached: bool = True, regime: str = "") -> dict:
@@ -77,6 +80,16 @@ def answer_text(result: dict, names: tuple[str, str] | None = None) -> str:
             f"({METRICS.get(test.metric, test.metric)}, mean over seeds). {conv['converged']} of {conv['runs']} runs "
             f"converged (stopped early on validation, or best validation epoch before the last quarter of the epoch "
             f"cap; median best epoch {conv['median_best_epoch']:g}).{regime}{paper}")
+
+
+def answer_row(result: dict, names: tuple[str, str] | None = None) -> dict:
+    """One answer as a table row (for a page that tests several claims)."""
+    test, d, conv = result["test"], result["difference"], result["convergence"]
+    a, b = names or (test.a, test.b)
+    return {"comparison": f"{a} - {b}", "claim": test.claim.describe(a, b), "means (%)": f"{result['a_mean']:.2f} vs {result['b_mean']:.2f}", "difference": f"{d.mean:+.2f}",
+            "95% interval": f"[{d.low:+.2f}, {d.high:+.2f}]", "seeds": d.n,
+            "converged": f"{conv['converged']}/{conv['runs']}", "verdict": result["verdict"],
+            "paper": "" if test.paper_effect is None else f"{test.paper_effect:+.2f} ({test.paper_source})"}
 
 
 def plot_answer(ax, result: dict, names: tuple[str, str] | None = None) -> None:
