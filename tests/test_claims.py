@@ -56,6 +56,41 @@ def test_a_page_with_several_claims_reads_each_by_name():
         claims.declared_claim(summary)
 
 
+def early(variant, seed, acc, epochs=2):
+    """A run of an early-training preset: no validation split, the whole (short) budget trained."""
+    return {"variant": variant, "config": {"seed": seed, "method": variant, "epochs": epochs},
+            "final_test_acc": acc, "history": [{"epoch": e + 1} for e in range(epochs)]}
+
+
+def test_page_answers_judge_every_declared_comparison_and_need_convergence():
+    converged_runs = [run("sid", s, 90.0 + s) for s in range(3)] + [run("bp", s, 88.0 + s) for s in range(3)]
+    converged_runs += [run("fa", s, 80.0 + s + 0.1 * s) for s in range(3)]
+    summary = {"claims": {"sid - bp": ["not_less", 1.0], "sid - fa": ["less", 0.0]}}
+    answers, before = claims.page_answers(converged_runs, summary, {"sid - bp": ["greater", 5.0]},
+                                          {"sid - bp": (0.1, "paper")})
+    assert before and [a["test"].key for a in answers] == ["sid_vs_bp", "sid_vs_fa"]  # the summary's, not the page's
+    assert [a["verdict"] for a in answers] == ["holds", "contradicted"]
+    assert answers[0]["test"].paper_effect == 0.1 and answers[1]["test"].paper_effect is None
+    assert answers[0]["test"].metric == "best_val_test_acc" and answers[0]["regime"] == ""
+    # one run stopped by its budget while still improving: not every run converged, so no verdict
+    late = converged_runs[:5] + [run("bp", 2, 90.0, best_epoch=39)] + converged_runs[6:]
+    answers, _ = claims.page_answers(late, summary, {})
+    assert answers[0]["verdict"] == "regime not reached" and "Only 5 of 6 runs converged" in answers[0]["regime"]
+    # an early-training preset declared nothing: the page's declarations, the final accuracy, no verdict
+    early_runs = [early("sid", s, 80.0 + s) for s in range(2)] + [early("bp", s, 70.0 + s) for s in range(2)]
+    answers, before = claims.page_answers(early_runs, {"preset": "cpu"}, {"sid - bp": ["greater", 0.0]})
+    assert not before and answers[0]["test"].metric == "final_test_acc"
+    assert answers[0]["difference"].mean == pytest.approx(10.0) and answers[0]["verdict"] == "regime not reached"
+    assert "no validation split" in answers[0]["regime"] and answers[0]["convergence"]["median_best_epoch"] is None
+    assert "median best epoch" not in claims.answer_text(answers[0])
+    # a declared name played by a variant chosen later (a setting tuned on validation): the key stays
+    answers, _ = claims.page_answers(early_runs, {}, {"tuned - bp": ["greater", 0.0]}, aliases={"tuned": "sid"})
+    assert answers[0]["test"].key == "tuned_vs_bp" and answers[0]["test"].a == "sid"
+    assert answers[0]["difference"].mean == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="reads 'A - B'"):
+        claims.page_answers(early_runs, {}, {"sid-bp": ["greater", 0.0]})
+
+
 def test_text_records_are_not_read_as_numbers():
     from sidlib.book.notebook import GLUE_MIME, recorded
     number = {"output_type": "display_data", "data": {GLUE_MIME: "1.5"}, "metadata": {"scrapbook": {"name": "x"}}}

@@ -91,7 +91,15 @@ def test_convergence_is_early_stopping_or_the_best_epoch_well_inside_the_cap():
     assert verdicts.converged(full(75, 100)) and not verdicts.converged(full(76, 100))
     assert verdicts.converged(run("bp", 0, 85, 100))  # stopped by patience at epoch 95, before its cap
     report = verdicts.convergence([run("bp", 0, 20, 100), full(90, 100), run("bp", 2, 40, 100)])
-    assert report == {"converged": 2, "runs": 3, "median_best_epoch": 40, "median_epochs_trained": 50}
+    assert report == {"converged": 2, "runs": 3, "validated": 3, "median_best_epoch": 40, "median_epochs_trained": 50}
+    older = {"config": {"epochs": 4}, "history": [{"epoch": e, "val_acc": a} for e, a in ((1, 50), (2, 60), (3, 60), (4, 55))]}
+    assert verdicts.best_epoch(older) == 2 and verdicts.converged(older)  # a run that predates best_val_epoch
+    rising = [{"epoch": e, "val_acc": 50 + e} for e in range(1, 5)]
+    assert verdicts.best_epoch({"history": rising}) == 4 and not verdicts.converged({**older, "history": rising})
+    unvalidated = {"config": {"epochs": 4}, "history": [{}] * 4}  # an early-training run: no validation split
+    assert not verdicts.converged(unvalidated)
+    assert verdicts.convergence([unvalidated]) == {"converged": 0, "runs": 1, "validated": 0, "median_best_epoch": None,
+                                                   "median_epochs_trained": 4}
 
 
 def test_fits_labels_reads_the_best_training_accuracy():

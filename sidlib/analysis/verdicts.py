@@ -127,15 +127,34 @@ def converged(run: dict, tail: float = CONVERGENCE_TAIL) -> bool:
     """A run converged if early stopping ended it (validation accuracy stopped improving for its
     patience before the cap) or, trained to its cap, its best validation epoch lies before the last
     ``tail`` of it: a run still improving near its cap was stopped by the budget, not by its own progress."""
+    best = best_epoch(run)
+    if best is None:  # trained without a validation split: nothing says it converged
+        return False
     cap = run["config"]["epochs"]
-    return run["epochs_trained"] < cap or run["best_val_epoch"] <= (1 - tail) * cap
+    return epochs_trained(run) < cap or best <= (1 - tail) * cap
+
+
+def best_epoch(run: dict) -> int | None:
+    """A run's best validation epoch (the first of highest validation accuracy), from its history where
+    the run predates the field; None for a run trained without a validation split."""
+    if "best_val_epoch" in run:
+        return run["best_val_epoch"]
+    history = run.get("history", [])
+    if not history or not all("val_acc" in h for h in history):
+        return None
+    return max(history, key=lambda h: (h["val_acc"], -h["epoch"]))["epoch"]
+
+
+def epochs_trained(run: dict) -> int:
+    return run["epochs_trained"] if "epochs_trained" in run else len(run["history"])
 
 
 def convergence(runs: list[dict], tail: float = CONVERGENCE_TAIL) -> dict:
     """How many runs converged (:func:`converged`), and the median best-validation and trained epochs."""
-    return {"converged": sum(converged(r, tail) for r in runs), "runs": len(runs),
-            "median_best_epoch": statistics.median(r["best_val_epoch"] for r in runs),
-            "median_epochs_trained": statistics.median(r["epochs_trained"] for r in runs)}
+    best = [b for b in map(best_epoch, runs) if b is not None]
+    return {"converged": sum(converged(r, tail) for r in runs), "runs": len(runs), "validated": len(best),
+            "median_best_epoch": statistics.median(best) if best else None,
+            "median_epochs_trained": statistics.median(map(epochs_trained, runs))}
 
 
 def fits_labels(run: dict, threshold: float = 95.0) -> bool:

@@ -28,7 +28,15 @@ class ClaimTest:
 
 
 METRICS = {"best_val_test_acc": "test accuracy at the best validation epoch",
-           "final_test_acc": "test accuracy at the last epoch"}
+           "final_test_acc": "test accuracy at the last epoch",
+           "probe_acc": "accuracy of a linear probe on the extractor's features",
+           "first_module_cka": "linear CKA of the first module's beliefs with BP's final beliefs",
+           "monotone_share": "share of hard test images whose true-class belief never falls by more than 0.01"}
+
+
+# the difference axis of a metric that is not a test accuracy in points
+AXES = {"probe_acc": "linear-probe accuracy (points)", "first_module_cka": "linear CKA",
+        "monotone_share": "share of hard images"}
 
 
 def declared_claim(summary: dict, key: str | None = None) -> Claim:
@@ -38,19 +46,127 @@ def declared_claim(summary: dict, key: str | None = None) -> Claim:
     if declared is None:
         what = "no claim" if key is None else f"no claim {key!r}"
         raise ValueError(f"preset {summary.get('preset')!r} declared {what} in its summary; run its converged preset")
-    return Claim(declared["direction"], declared["margin"])
+    return Claim(*declared) if isinstance(declared, list) else Claim(declared["direction"], declared["margin"])
 
 
-def answer(runs: list[dict], test: ClaimTest, regime_reached: bool = True, regime: str = "") -> dict:
-    """The converged answer of ``test`` on the runs of its two variants: the paired difference, its
-    verdict (``regime not reached`` when the precondition failed), convergence, and ``regime``, a
-    sentence saying what was checked."""
+def as_declared(out_dir, key: str, declaration):
+    """What a preset's summary should declare under ``key`` (``claim`` or ``claims``): what its summary
+    already says, where it has one, else ``declaration`` (the preset's parameters). A claim is declared
+    by the execution that first completes a preset's runs; executing the page again, which reads those
+    runs back, cannot re-declare it, nor give an early-training preset a claim it was not run under
+    (to declare anew, remove the preset's results folder and train it again)."""
+    import json
+    from pathlib import Path
+
+    from .runner import COMPLETE_MARKER
+
+    summary = Path(out_dir) / COMPLETE_MARKER
+    return json.loads(summary.read_text()).get(key) if summary.is_file() else declaration
+
+
+def declared_entry(out_dir, declaration, key: str = "claims") -> dict:
+    """``{key: what the preset declares}`` for its summary (:func:`as_declared`), or ``{}`` where it
+    declared nothing (an early-training preset run before its page declared claims)."""
+    declared = as_declared(out_dir, key, declaration)
+    return {} if declared is None else {key: declared}
+
+
+def answer(runs: list[dict], test: ClaimTest, regime_reached: bool | None = None, regime: str = "") -> dict:
+    """The answer of ``test`` on the runs of its two variants: the paired difference, its verdict,
+    convergence, and ``regime``, a sentence saying what was checked. ``regime_reached`` is the
+    claim's precondition; left out, it is the precondition of every claim about trained networks:
+    all of the two variants' runs converged (:func:`sidlib.analysis.verdicts.converged`)."""
     mine = [r for r in runs if variant_of(r) in (test.a, test.b)]
     difference = compare(mine, test.a, test.b, test.metric)
+    conv = convergence(mine)
+    if regime_reached is None:
+        regime_reached = conv["converged"] == conv["runs"]
+        if not regime:
+            regime = convergence_sentence(mine, conv)
     return {"test": test, "difference": difference, "verdict": verdict(difference, test.claim, regime_reached),
-            "convergence": convergence(mine), "regime_reached": regime_reached, "regime": regime,
+            "convergence": conv, "regime_reached": regime_reached, "regime": regime,
             "a_mean": statistics.fmean(r[test.metric] for r in mine if variant_of(r) == test.a),
             "b_mean": statistics.fmean(r[test.metric] for r in mine if variant_of(r) == test.b)}
+
+
+def convergence_sentence(runs: list[dict], conv: dict) -> str:
+    """Whether the runs reached the regime of a claim about trained networks, in one sentence."""
+    if not conv["validated"]:
+        epochs = sorted({len(r["history"]) for r in runs})
+        return (f"These runs have no validation split and stop after {'/'.join(map(str, epochs))} epochs: early "
+                f"training, so a claim about trained networks is not tested by them.")
+    if conv["converged"] < conv["runs"]:
+        return (f"Only {conv['converged']} of {conv['runs']} runs converged (median best validation epoch "
+                f"{conv['median_best_epoch']:g} of {conv['median_epochs_trained']:g} trained): the budget, not the runs, "
+                f"ended the others, so the claim is not tested at convergence.")
+    return ""  # answer_text already says how many converged
+
+
+def parse_comparison(comparison: str) -> tuple[str, str]:
+    """``"sid - bp"`` -> ``("sid", "bp")``: a claim's effect, as a preset declares it."""
+    a, sep, b = comparison.partition(" - ")
+    if not sep or not a.strip() or not b.strip():
+        raise ValueError(f"a declared comparison reads 'A - B' (variant names), got {comparison!r}")
+    return a.strip(), b.strip()
+
+
+def page_answers(runs: list[dict], summary: dict, declarations: dict[str, list],
+                 paper_effects: dict[str, tuple[float, str]] | None = None,
+                 metric: str | None = None, aliases: dict[str, str] | None = None,
+                 prefix: str = "") -> tuple[list[dict], bool]:
+    """Every claim of a page, answered on its shown runs; and whether the claims were declared with the
+    preset, before its runs (``summary["claims"]``). Presets that declared none (early-training ``cpu``
+    presets, run before the protocol existed) are judged on the page's ``declarations``: their runs
+    did not converge, so the verdict is "regime not reached" whatever the interval says.
+    ``declarations`` and ``summary["claims"]`` map ``"A - B"`` to ``[direction, margin]``; the metric is
+    the early-stopped test accuracy where every run has a validation split, else the final one, unless
+    ``metric`` names another key of the runs. ``aliases`` maps a declared name to the variant that
+    plays it (e.g. ``"sid"`` -> the SID setting chosen on validation); records keep the declared name,
+    after ``prefix`` (for a page that tests the same pair on two metrics)."""
+    declared_before = "claims" in summary
+    declared = summary["claims"] if declared_before else declarations
+    if metric is None:
+        metric = "best_val_test_acc" if all("best_val_test_acc" in r for r in runs) else "final_test_acc"
+    answers = []
+    for comparison, (direction, margin) in declared.items():
+        a, b = parse_comparison(comparison)
+        effect, source = (paper_effects or {}).get(comparison, (None, ""))
+        variant = (aliases or {}).get
+        test = ClaimTest(prefix + f"{a}_vs_{b}".replace("-", "_"), variant(a, a), variant(b, b), Claim(direction, margin),
+                         metric=metric, paper_effect=effect, paper_source=source)
+        answers.append(answer(runs, test))
+    return answers, declared_before
+
+
+def show_answers(runs: list[dict], summary: dict, declarations: dict[str, list],
+                 paper_effects: dict[str, tuple[float, str]] | None = None, metric: str | None = None,
+                 name=str.upper, aliases: dict[str, str] | None = None, prefix: str = "",
+                 keep: bool = True) -> list[dict]:
+    """A page's answer section: every claim answered (:func:`page_answers`) and recorded (unless not
+    ``keep``), shown as one table row each, the regime in words, and one panel each of per-seed
+    differences. ``name`` turns a variant into its label. Returns the answers (none where the shown
+    preset has a single seed)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from IPython.display import display
+
+    if len({r["config"]["seed"] for r in runs}) < 2:
+        print("the shown preset has one seed: no paired interval")
+        return []
+    answers, declared_before = page_answers(runs, summary, declarations, paper_effects, metric, aliases, prefix)
+    names = [(name(a["test"].a), name(a["test"].b)) for a in answers]
+    for a in answers if keep else ():
+        record_answer(a)
+    display(pd.DataFrame([answer_row(a, n) for a, n in zip(answers, names)]).set_index("comparison"))
+    if not declared_before:
+        print(f"preset {summary.get('preset')!r} declared no claims before its runs: they are judged as this page declares them.")
+    print(*dict.fromkeys(a["regime"] for a in answers if a["regime"]), sep="\n")
+    fig, axes = plt.subplots(len(answers), 1, figsize=(8.5, 1.9 * len(answers)), squeeze=False)
+    for ax, a, n in zip(axes[:, 0], answers, names):
+        plot_answer(ax, a, n)
+    fig.tight_layout()
+    plt.show()
+    return answers
 
 
 def record_answer(result: dict) -> None:
@@ -62,7 +178,8 @@ def record_answer(result: dict) -> None:
     for name, value in {"diff": d.mean, "low": d.low, "high": d.high, "detectable": d.detectable, "seeds": d.n,
                         "converged": conv["converged"], "runs": conv["runs"], "median_epoch": conv["median_best_epoch"],
                         "a": result["a_mean"], "b": result["b_mean"]}.items():
-        record(f"{test.key}_{name}", value)
+        if value is not None:  # no median best epoch where the runs had no validation split
+            record(f"{test.key}_{name}", value)
     record_text(f"{test.key}_verdict", result["verdict"])
 
 
@@ -73,13 +190,14 @@ def answer_text(result: dict, names: tuple[str, str] | None = None) -> str:
     paper = (f" The paper's {a} - {b}: {test.paper_effect:+.2f} points ({test.paper_source})."
              if test.paper_effect is not None else "")
     regime = f" {result['regime']}" if result["regime"] else ""
+    median = f"; median best epoch {conv['median_best_epoch']:g}" if conv["median_best_epoch"] is not None else ""
     return (f"**Verdict: {result['verdict']}.** {a} - {b} = {d.mean:+.2f} points, {d.level:.0%} interval "
             f"[{d.low:+.2f}, {d.high:+.2f}] over {d.n} paired seeds (the claim: {test.claim.describe(a, b)}; the "
             f"interval lies wholly on one side with {POWER:.0%} probability once the true difference is "
             f"{d.detectable:.2f} points from the threshold). {a} {result['a_mean']:.2f} %, {b} {result['b_mean']:.2f} % "
             f"({METRICS.get(test.metric, test.metric)}, mean over seeds). {conv['converged']} of {conv['runs']} runs "
             f"converged (stopped early on validation, or best validation epoch before the last quarter of the epoch "
-            f"cap; median best epoch {conv['median_best_epoch']:g}).{regime}{paper}")
+            f"cap{median}).{regime}{paper}")
 
 
 def answer_row(result: dict, names: tuple[str, str] | None = None) -> dict:
@@ -107,6 +225,6 @@ def plot_answer(ax, result: dict, names: tuple[str, str] | None = None) -> None:
                 label="mean, 95% interval")
     if test.paper_effect is not None:
         ax.plot([test.paper_effect], [0.6], "D", color="tab:red", label=f"paper ({test.paper_source})")
-    ax.set(yticks=[], ylim=(0.2, 1.4), xlabel=f"{a} - {b}, test accuracy (points)",
+    ax.set(yticks=[], ylim=(0.2, 1.4), xlabel=f"{a} - {b}, {AXES.get(test.metric, 'test accuracy (points)')}",
            title=f"{result['verdict']} ({test.claim.describe(a, b)})")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: no point hidden
