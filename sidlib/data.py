@@ -9,7 +9,10 @@ Where the files come from:
     (``--data-root``, else ``$SIDLIB_DATA``, else ``data/``), downloaded when the network allows.
     Offline, Fashion-MNIST is taken from Debian's package ``dataset-fashion-mnist``
     (``/usr/share/datasets/fashion-mnist``) and decompressed where torchvision looks for it.
-  * ``mnist1d``: generated offline by the ``mnist1d`` package (its default arguments and seed).
+  * ``mnist1d``: generated offline by the ``mnist1d`` package (its default arguments and seed:
+    5,000 signals, 4,000 for training). ``mnist1d-large``: the same generator and seed asked for
+    20,000 signals (16,000 for training, 4,000 for testing), for experiments on larger training sets.
+    Both are generated once (seconds) and kept under the data root (``mnist1d/<name>.pt``).
   * ``synthetic``: a small generated image task for tests; needs no files.
 Set ``SIDLIB_OFFLINE=1`` to forbid download attempts.
 """
@@ -51,6 +54,7 @@ DATASETS = {
     "cifar10": DatasetInfo((3, 32, 32), 10, 50000, 10000, True),
     "cifar100": DatasetInfo((3, 32, 32), 100, 50000, 10000, True),
     "mnist1d": DatasetInfo((1, 40), 10, 4000, 1000, False),
+    "mnist1d-large": DatasetInfo((1, 40), 10, 16000, 4000, False),
     "synthetic": DatasetInfo((1, 12, 12), 10, 2000, 500, False),
 }
 
@@ -206,12 +210,28 @@ def _as_tensors(split) -> tuple[Tensor, Tensor]:
     return images.contiguous(), torch.as_tensor(split.targets, dtype=torch.long)
 
 
-def _mnist1d() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+MNIST1D_LARGE_SAMPLES = 20000  # mnist1d-large: the generator's only changed argument (train split 0.8, seed 42)
+
+
+def _mnist1d(num_samples: int | None = None, cache: Path | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """MNIST-1D from the ``mnist1d`` generator with its default arguments, or ``num_samples`` signals;
+    never downloaded. ``cache``: a file that keeps the generated tensors (written atomically)."""
+    if cache is not None and cache.is_file():
+        return tuple(torch.load(cache, weights_only=True))
     from mnist1d.data import get_dataset_args, make_dataset
 
-    d = make_dataset(get_dataset_args())  # generated, never downloaded; seeded by the package
+    args = get_dataset_args()
+    if num_samples is not None:
+        args.num_samples = num_samples
+    d = make_dataset(args)  # seeded by the package (args.seed)
     to = lambda a: torch.as_tensor(a, dtype=torch.float32).unsqueeze(1)  # noqa: E731
-    return to(d["x"]), torch.as_tensor(d["y"]), to(d["x_test"]), torch.as_tensor(d["y_test"])
+    tensors = to(d["x"]), torch.as_tensor(d["y"]), to(d["x_test"]), torch.as_tensor(d["y_test"])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
+        torch.save(list(tensors), partial)
+        os.replace(partial, cache)  # whole or absent, even with several workers generating at once
+    return tensors
 
 
 def _synthetic(info: DatasetInfo) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -231,8 +251,10 @@ def load_raw(name: str, root: Path | None = None) -> tuple[Tensor, Tensor, Tenso
     """(train_images, train_labels, test_images, test_labels) on the CPU, raw."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    if name == "mnist1d":
-        return _mnist1d()
+    if name in ("mnist1d", "mnist1d-large"):  # generated once (seconds), then read from the data root
+        samples = MNIST1D_LARGE_SAMPLES if name == "mnist1d-large" else None
+        root = Path(root) if root is not None else default_data_root()
+        return _mnist1d(samples, cache=root / "mnist1d" / f"{name}.pt")
     if name == "synthetic":
         return _synthetic(DATASETS[name])
     train, test = _torchvision(name, Path(root) if root is not None else default_data_root())

@@ -80,6 +80,16 @@ def test_mnist1d_is_generated_offline():
     assert d.train_labels.max() == 9
 
 
+def test_mnist1d_is_kept_after_generating_it_and_read_back_the_same(tmp_path):
+    cache = tmp_path / "mnist1d" / "small.pt"
+    made = datasets._mnist1d(1000, cache=cache)  # the generator's argument, as mnist1d-large sets it
+    assert made[0].shape == (800, 1, 40) and made[2].shape == (200, 1, 40)  # its 0.8 train split
+    assert cache.is_file() and [p.name for p in cache.parent.iterdir()] == ["small.pt"]  # no partial file left
+    for kept, fresh in zip(datasets._mnist1d(1000, cache=cache), made):
+        assert torch.equal(kept, fresh)
+    assert datasets.DATASETS["mnist1d-large"].train_size == 0.8 * datasets.MNIST1D_LARGE_SAMPLES
+
+
 def test_unavailable_dataset_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("SIDLIB_OFFLINE", "1")
     with pytest.raises(datasets.DataUnavailable, match=str(tmp_path)):
