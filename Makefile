@@ -35,7 +35,7 @@ system-packages:
 	fi
 
 test: setup
-	$(PY) -m pytest -q $(NBVAL) tests notebooks
+	$(PY) -m pytest -q --durations=20 $(NBVAL) tests notebooks
 
 book: setup
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
