@@ -12,7 +12,7 @@ Where the files come from:
   * ``mnist1d``: generated offline by the ``mnist1d`` package (its default arguments and seed:
     5,000 signals, 4,000 for training). ``mnist1d-large``: the same generator and seed asked for
     20,000 signals (16,000 for training, 4,000 for testing), for experiments on larger training sets.
-    Both are generated once (seconds) and kept under the data root (``mnist1d/<name>.pt``).
+    Both are generated once (seconds) and kept under the data root (``mnist1d/<name>-<mnist1d version>.pt``).
   * ``synthetic``: a small generated image task for tests; needs no files.
 Set ``SIDLIB_OFFLINE=1`` to forbid download attempts.
 """
@@ -227,11 +227,21 @@ def _mnist1d(num_samples: int | None = None, cache: Path | None = None) -> tuple
     to = lambda a: torch.as_tensor(a, dtype=torch.float32).unsqueeze(1)  # noqa: E731
     tensors = to(d["x"]), torch.as_tensor(d["y"]), to(d["x_test"]), torch.as_tensor(d["y_test"])
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
-        torch.save(list(tensors), partial)
-        os.replace(partial, cache)  # whole or absent, even with several workers generating at once
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(list(tensors), partial)
+            os.replace(partial, cache)  # whole or absent, even with several workers generating at once
+        except OSError:  # a read-only data root: generate again next time
+            partial.unlink(missing_ok=True)
     return tensors
+
+
+def _mnist1d_version() -> str:
+    """The generator's version, in the cache's name: another release may generate other signals."""
+    from importlib.metadata import version
+
+    return version("mnist1d")
 
 
 def _synthetic(info: DatasetInfo) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -254,7 +264,7 @@ def load_raw(name: str, root: Path | None = None) -> tuple[Tensor, Tensor, Tenso
     if name in ("mnist1d", "mnist1d-large"):  # generated once (seconds), then read from the data root
         samples = MNIST1D_LARGE_SAMPLES if name == "mnist1d-large" else None
         root = Path(root) if root is not None else default_data_root()
-        return _mnist1d(samples, cache=root / "mnist1d" / f"{name}.pt")
+        return _mnist1d(samples, cache=root / "mnist1d" / f"{name}-{_mnist1d_version()}.pt")
     if name == "synthetic":
         return _synthetic(DATASETS[name])
     train, test = _torchvision(name, Path(root) if root is not None else default_data_root())

@@ -40,7 +40,7 @@ def test_the_answer_pairs_seeds_and_words_the_verdict():
     assert claims.answer(runs, test, regime_reached=False)["verdict"] == "regime not reached"
     row = claims.answer_row(result, names=("SID", "BP"))
     assert row["difference"] == "+0.85" and row["verdict"] == "holds" and row["converged"] == "8/8"
-    assert row["means (%)"] == "91.50 vs 90.65" and row["paper"] == "+0.10 (paper)"
+    assert row["means"] == "91.50 vs 90.65" and row["paper"] == "+0.10 (paper)"
     fig, ax = plt.subplots()
     claims.plot_answer(ax, result, names=("SID", "BP"))
     assert ax.get_title().startswith("holds")
@@ -48,10 +48,11 @@ def test_the_answer_pairs_seeds_and_words_the_verdict():
 
 
 def test_a_page_with_several_claims_reads_each_by_name():
-    summary = {"preset": "converged", "claims": {"sid_vs_fa": {"direction": "greater", "margin": 0.0}}}
-    assert claims.declared_claim(summary, "sid_vs_fa") == Claim("greater", 0.0)
-    with pytest.raises(ValueError, match="declared no claim 'sid_vs_hsic'"):
-        claims.declared_claim(summary, "sid_vs_hsic")
+    summary = {"preset": "converged", "claims": {"sid - fa": ["greater", 0.0], "sid - bp": {"direction": "less", "margin": 2}}}
+    assert claims.declared_claim(summary, "sid - fa") == Claim("greater", 0.0)  # as presets write it
+    assert claims.declared_claim(summary, "sid - bp") == Claim("less", 2)  # as single-claim summaries write it
+    with pytest.raises(ValueError, match="declared no claim 'sid - hsic'"):
+        claims.declared_claim(summary, "sid - hsic")
     with pytest.raises(ValueError, match="declared no claim in its summary"):
         claims.declared_claim(summary)
 
@@ -63,7 +64,7 @@ def early(variant, seed, acc, epochs=2):
 
 
 def test_page_answers_judge_every_declared_comparison_and_need_convergence():
-    converged_runs = [run("sid", s, 90.0 + s) for s in range(3)] + [run("bp", s, 88.0 + s) for s in range(3)]
+    converged_runs = [run("sid", s, 90.0 + s) for s in range(3)] + [run("bp", s, 88.0 + s + 0.2 * s * s) for s in range(3)]
     converged_runs += [run("fa", s, 80.0 + s + 0.1 * s) for s in range(3)]
     summary = {"claims": {"sid - bp": ["not_less", 1.0], "sid - fa": ["less", 0.0]}}
     answers, before = claims.page_answers(converged_runs, summary, {"sid - bp": ["greater", 5.0]},
@@ -73,9 +74,12 @@ def test_page_answers_judge_every_declared_comparison_and_need_convergence():
     assert answers[0]["test"].paper_effect == 0.1 and answers[1]["test"].paper_effect is None
     assert answers[0]["test"].metric == "best_val_test_acc" and answers[0]["regime"] == ""
     # one run stopped by its budget while still improving: not every run converged, so no verdict
-    late = converged_runs[:5] + [run("bp", 2, 90.0, best_epoch=39)] + converged_runs[6:]
+    late = converged_runs[:5] + [{**run("bp", 2, 90.0, best_epoch=39), "epochs_trained": 40}] + converged_runs[6:]
     answers, _ = claims.page_answers(late, summary, {})
     assert answers[0]["verdict"] == "regime not reached" and "Only 5 of 6 runs converged" in answers[0]["regime"]
+    # the same converged runs, with claims the preset never declared (chosen after the runs): never judged
+    answers, before = claims.page_answers(converged_runs, {"preset": "cpu"}, {"sid - bp": ["not_less", 1.0]})
+    assert not before and answers[0]["verdict"] == "regime not reached" and "declared after" in answers[0]["regime"]
     # an early-training preset declared nothing: the page's declarations, the final accuracy, no verdict
     early_runs = [early("sid", s, 80.0 + s) for s in range(2)] + [early("bp", s, 70.0 + s) for s in range(2)]
     answers, before = claims.page_answers(early_runs, {"preset": "cpu"}, {"sid - bp": ["greater", 0.0]})
@@ -89,6 +93,31 @@ def test_page_answers_judge_every_declared_comparison_and_need_convergence():
     assert answers[0]["difference"].mean == pytest.approx(10.0)
     with pytest.raises(ValueError, match="reads 'A - B'"):
         claims.page_answers(early_runs, {}, {"sid-bp": ["greater", 0.0]})
+
+
+def test_claims_are_declared_before_the_first_run_and_kept(tmp_path):
+    fresh, started, old = tmp_path / "fresh", tmp_path / "started", tmp_path / "old"
+    declaration = {"sid - bp": ["greater", 0.0]}
+    fresh.mkdir()
+    assert claims.declare(fresh, declaration) == declaration and (fresh / claims.DECLARATION).is_file()
+    assert claims.declared_entry(fresh, declaration) == {"claims": declaration}  # the summary copies it
+    with pytest.raises(ValueError, match="started under the claims"):  # resumed under other claims
+        claims.declare(fresh, {"sid - bp": ["less", 0.0]})
+    started.mkdir()
+    (started / "sid-seed0.json").write_text("{}")  # runs without a declaration: too late to declare
+    assert claims.declare(started, declaration) is None and claims.declared_entry(started, declaration) == {}
+    assert not (started / claims.DECLARATION).exists()
+    old.mkdir()  # a preset that declared in its summary before claims.json existed
+    (old / "sid-seed0.json").write_text("{}")
+    (old / runner.COMPLETE_MARKER).write_text(json.dumps({"claim": {"direction": "not_less", "margin": 1.0}}))
+    assert claims.declare(old, {"direction": "greater", "margin": 0.0}, "claim") == {"direction": "not_less", "margin": 1.0}
+
+
+def test_duplicate_record_names_are_refused():
+    runs = [early("a-b", s, 1.0 + s) for s in range(3)] + [early("a_b", s, 2.0) for s in range(3)]
+    runs += [early("c", s, 0.5 * s) for s in range(3)]
+    with pytest.raises(ValueError, match="one name 'a_b_vs_c'"):
+        claims.page_answers(runs, {}, {"a-b - c": ["greater", 0.0], "a_b - c": ["greater", 0.0]})
 
 
 def test_text_records_are_not_read_as_numbers():
@@ -143,11 +172,15 @@ def test_every_committed_converged_preset_follows_the_protocol(folder):
     and the claims declared in the preset."""
     stem = folder.parent.name
     preset = runner.presets_for(ROOT / "notebooks" / f"{stem}.ipynb")["converged"]
-    if "claim_declarations" in preset:  # a page testing several claims: {variant: [direction, margin]}
-        assert all(Claim(*declared) for declared in preset["claim_declarations"].values())
+    declared = json.loads((folder / claims.DECLARATION).read_text())  # written before the preset's first run
+    if "claim_declarations" in preset:  # a page testing several claims: {"A - B": [direction, margin]}
+        templates = list(preset["claim_declarations"].values())
+        assert declared["claims"] and all(claim in templates for claim in declared["claims"].values()), declared
+        for comparison, claim in declared["claims"].items():
+            claims.parse_comparison(comparison), claims.as_claim(claim)  # each one well formed
     else:
         assert {"claim_direction", "claim_margin"} <= set(preset), f"{stem}: the converged preset declares no claim"
-        Claim(preset["claim_direction"], preset["claim_margin"])
+        assert claims.as_claim(declared["claim"]) == Claim(preset["claim_direction"], preset["claim_margin"])
     runs = [json.loads(p.read_text()) for p in folder.glob("*-seed*.json")]
     assert runs, f"{folder}: no runs"
     complete = (folder / runner.COMPLETE_MARKER).is_file()
@@ -166,6 +199,8 @@ def test_every_committed_converged_preset_follows_the_protocol(folder):
         assert r["best_val_test_acc"] == best["test_acc"] and not math.isnan(r["best_val_test_acc"])
         seeds.setdefault(experiments.variant_of(r), set()).add(c["seed"])
     if complete:
+        summary = json.loads((folder / runner.COMPLETE_MARKER).read_text())
+        assert all(summary.get(k) == v for k, v in declared.items()), f"{stem}: the summary's claims are not the declared ones"
         assert len({frozenset(s) for s in seeds.values()}) == 1, f"{stem}: variants do not share their seeds: {seeds}"
         dear = statistics.median(r["train_seconds"] for r in runs) > DEAR_RUN_SECONDS
         assert all(len(s) >= (5 if dear else 8) for s in seeds.values()), seeds

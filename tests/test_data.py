@@ -74,8 +74,8 @@ def test_subset_and_noise_through_load():
     assert torch.bincount(d.train_labels, minlength=10).sum() == 100
 
 
-def test_mnist1d_is_generated_offline():
-    d = datasets.load("mnist1d")
+def test_mnist1d_is_generated_offline(tmp_path):
+    d = datasets.load("mnist1d", root=tmp_path)  # an empty data root: generated here, not read from a cache
     assert d.train_images.shape == (4000, 1, 40) and d.test_images.shape == (1000, 1, 40)
     assert d.train_labels.max() == 9
 

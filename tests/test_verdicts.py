@@ -8,9 +8,9 @@ from sidlib.analysis import verdicts
 from sidlib.analysis.verdicts import Claim, PairedDifference, verdict
 
 
-def interval(low, high):
-    """A PairedDifference with a given interval (only low and high matter to the rule)."""
-    return PairedDifference((), (), (low + high) / 2, 0.0, low, high, 0.95, 0.0)
+def interval(low, high, n=4, std=1.0):
+    """A PairedDifference with a given interval (beyond low and high, the rule reads only n and std)."""
+    return PairedDifference((0.0,) * n, tuple(range(n)), (low + high) / 2, std, low, high, 0.95, 0.0)
 
 
 @pytest.mark.parametrize("claim, low, high, word", [
@@ -45,6 +45,13 @@ def test_every_branch_of_the_rule(claim, low, high, word):
 @pytest.mark.parametrize("low, high", [(0.1, 2.0), (-2.0, -0.1), (-0.5, 0.5)])
 def test_a_precondition_not_met_overrides_any_interval(low, high):
     assert verdict(interval(low, high), Claim("greater"), regime_reached=False) == "regime not reached"
+
+
+def test_too_few_seeds_or_no_spread_give_no_verdict():
+    assert verdict(interval(0.1, 2.0, n=2), Claim("greater")) == "inconclusive"  # two seeds
+    assert verdict(interval(0.3, 0.3, std=0.0), Claim("greater")) == "inconclusive"  # every seed alike
+    assert verdict(interval(0.1, 2.0, n=3), Claim("greater")) == "holds"
+    assert verdict(interval(0.1, 2.0, n=2), Claim("greater"), regime_reached=False) == "regime not reached"
 
 
 def test_the_interval_is_students_t_computed_by_hand():
@@ -92,10 +99,16 @@ def test_convergence_is_early_stopping_or_the_best_epoch_well_inside_the_cap():
     assert verdicts.converged(run("bp", 0, 85, 100))  # stopped by patience at epoch 95, before its cap
     report = verdicts.convergence([run("bp", 0, 20, 100), full(90, 100), run("bp", 2, 40, 100)])
     assert report == {"converged": 2, "runs": 3, "validated": 3, "median_best_epoch": 40, "median_epochs_trained": 50}
-    older = {"config": {"epochs": 4}, "history": [{"epoch": e, "val_acc": a} for e, a in ((1, 50), (2, 60), (3, 60), (4, 55))]}
+    peaks = [(1, 50), (2, 60), (3, 60)] + [(e, 55) for e in range(4, 13)]  # best at 2 (the first of the ties)
+    older = {"config": {"epochs": 12}, "history": [{"epoch": e, "val_acc": a} for e, a in peaks]}
     assert verdicts.best_epoch(older) == 2 and verdicts.converged(older)  # a run that predates best_val_epoch
     rising = [{"epoch": e, "val_acc": 50 + e} for e in range(1, 5)]
-    assert verdicts.best_epoch({"history": rising}) == 4 and not verdicts.converged({**older, "history": rising})
+    assert verdicts.best_epoch({"history": rising}) == 4 and not verdicts.converged({"config": {"epochs": 4}, "history": rising})
+    # a budget of 8 epochs, best at 6: within the first 75 %, but 2 epochs are too few to call it stopped
+    short = [{"epoch": e, "val_acc": 60 - abs(e - 6)} for e in range(1, 9)]
+    assert not verdicts.converged({"config": {"epochs": 8}, "history": short})
+    longer = [{"epoch": e, "val_acc": 60 - abs(e - 6)} for e in range(1, 12)]
+    assert verdicts.converged({"config": {"epochs": 11}, "history": longer})  # 5 epochs on without a gain
     unvalidated = {"config": {"epochs": 4}, "history": [{}] * 4}  # an early-training run: no validation split
     assert not verdicts.converged(unvalidated)
     assert verdicts.convergence([unvalidated]) == {"converged": 0, "runs": 1, "validated": 0, "median_best_epoch": None,

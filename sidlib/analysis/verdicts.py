@@ -25,6 +25,7 @@ VERDICTS = ("holds", "contradicted", "inconclusive", "regime not reached")
 # with B or better: non-inferiority), or within (-margin, +margin) (A and B are on par: equivalence).
 DIRECTIONS = ("greater", "less", "not_less", "equivalent")
 POWER = 0.8  # for the smallest difference a design detects
+MIN_SEEDS = 3  # fewer paired seeds give no verdict but "inconclusive"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,10 @@ def verdict(difference: PairedDifference, claim: Claim, regime_reached: bool = T
     """The verdict word (one of VERDICTS) of ``claim`` given the paired interval."""
     if not regime_reached:
         return "regime not reached"
+    if difference.n < MIN_SEEDS or difference.std == 0:
+        # two seeds, or differences all equal (accuracies come in steps of one test image): the interval
+        # has no spread to speak of, and a verdict from it would be chance
+        return "inconclusive"
     low, high, m = difference.low, difference.high, claim.margin
     if claim.direction == "equivalent":
         if -m < low and high < m:
@@ -108,7 +113,8 @@ def metric_by_seed(runs: list[dict], variant: str, metric: str) -> dict[int, flo
         if seed in found:
             raise ValueError(f"variant {variant!r} has two runs with seed {seed}; a comparison pairs one run per seed")
         if metric not in r:
-            raise ValueError(f"variant {variant!r} seed {seed} has no {metric!r}; train it with --val-split N")
+            hint = "; train it with --val-split N" if metric.startswith("best_val") else ""
+            raise ValueError(f"variant {variant!r} seed {seed} has no {metric!r}{hint}")
         found[seed] = r[metric]
     if not found:
         raise ValueError(f"no runs of variant {variant!r}")
@@ -121,17 +127,22 @@ def compare(runs: list[dict], a: str, b: str, metric: str = "best_val_test_acc",
 
 
 CONVERGENCE_TAIL = 0.25  # a best epoch in the last quarter of the cap means the budget, not the run, stopped it
+MIN_EPOCHS_AFTER_BEST = 5  # and a short budget's quarter is too few epochs to say the run had stopped improving
 
 
 def converged(run: dict, tail: float = CONVERGENCE_TAIL) -> bool:
     """A run converged if early stopping ended it (validation accuracy stopped improving for its
     patience before the cap) or, trained to its cap, its best validation epoch lies before the last
-    ``tail`` of it: a run still improving near its cap was stopped by the budget, not by its own progress."""
+    ``tail`` of it and at least MIN_EPOCHS_AFTER_BEST epochs before the cap: a run still improving near
+    its cap was stopped by the budget, not by its own progress."""
     best = best_epoch(run)
     if best is None:  # trained without a validation split: nothing says it converged
         return False
     cap = run["config"]["epochs"]
-    return epochs_trained(run) < cap or best <= (1 - tail) * cap
+    if epochs_trained(run) < cap:  # early stopping ended it
+        return True
+    # trained to its cap: it went on for the last quarter of it (and a few epochs at least) without improving
+    return cap - best >= max(tail * cap, MIN_EPOCHS_AFTER_BEST)
 
 
 def best_epoch(run: dict) -> int | None:

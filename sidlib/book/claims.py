@@ -39,6 +39,17 @@ AXES = {"probe_acc": "linear-probe accuracy (points)", "first_module_cka": "line
         "monotone_share": "share of hard images"}
 
 
+DECLARATION = "claims.json"  # in a preset's results folder: its claims, written before its first run
+
+
+def as_claim(declared) -> Claim:
+    """A declared claim, as presets and summaries write it: ``[direction, margin]`` or
+    ``{"direction": ..., "margin": ...}`` (extra keys, such as a regime threshold, are the page's)."""
+    if isinstance(declared, dict):
+        return Claim(declared["direction"], declared["margin"])
+    return Claim(*declared)
+
+
 def declared_claim(summary: dict, key: str | None = None) -> Claim:
     """The claim a preset declared before its runs, as its notebook wrote it into ``summary.json``: its
     one ``claim``, or, on a page that tests several, the one named ``key`` among its ``claims``."""
@@ -46,36 +57,49 @@ def declared_claim(summary: dict, key: str | None = None) -> Claim:
     if declared is None:
         what = "no claim" if key is None else f"no claim {key!r}"
         raise ValueError(f"preset {summary.get('preset')!r} declared {what} in its summary; run its converged preset")
-    return Claim(*declared) if isinstance(declared, list) else Claim(declared["direction"], declared["margin"])
+    return as_claim(declared)
 
 
-def as_declared(out_dir, key: str, declaration):
-    """What a preset's summary should declare under ``key`` (``claim`` or ``claims``): what its summary
-    already says, where it has one, else ``declaration`` (the preset's parameters). A claim is declared
-    by the execution that first completes a preset's runs; executing the page again, which reads those
-    runs back, cannot re-declare it, nor give an early-training preset a claim it was not run under
-    (to declare anew, remove the preset's results folder and train it again)."""
+def declare(out_dir, declaration, key: str = "claims"):
+    """Declare a preset's claims before its runs: write ``declaration`` to its folder's ``claims.json``
+    if the folder holds no run yet, and return what the preset declared (None where its runs began
+    before any declaration: an early-training preset run before its page declared claims). A preset
+    resumed under other claims than it began with is refused: its runs were started under the first."""
     import json
     from pathlib import Path
 
-    from .runner import COMPLETE_MARKER
+    from ..io import write_json
 
-    summary = Path(out_dir) / COMPLETE_MARKER
-    return json.loads(summary.read_text()).get(key) if summary.is_file() else declaration
+    folder = Path(out_dir)
+    path = folder / DECLARATION
+    if path.is_file():
+        declared = json.loads(path.read_text()).get(key)
+        if declared is not None and declared != declaration:
+            raise ValueError(f"{folder} was started under the claims {declared}, not {declaration}; keep them, "
+                             f"or remove the folder and train the preset again to declare others")
+        return declared
+    if any(folder.glob("*-seed*.json")):  # runs without a declaration: whatever is declared now comes after them
+        from .runner import COMPLETE_MARKER
+        summary = folder / COMPLETE_MARKER  # presets that declared in their summary before claims.json existed
+        return json.loads(summary.read_text()).get(key) if summary.is_file() else None
+    write_json(path, {key: declaration})
+    return declaration
 
 
 def declared_entry(out_dir, declaration, key: str = "claims") -> dict:
-    """``{key: what the preset declares}`` for its summary (:func:`as_declared`), or ``{}`` where it
-    declared nothing (an early-training preset run before its page declared claims)."""
-    declared = as_declared(out_dir, key, declaration)
+    """``{key: what the preset declared}`` for its summary (:func:`declare`), or ``{}`` where it
+    declared nothing before its runs."""
+    declared = declare(out_dir, declaration, key)
     return {} if declared is None else {key: declared}
 
 
-def answer(runs: list[dict], test: ClaimTest, regime_reached: bool | None = None, regime: str = "") -> dict:
+def answer(runs: list[dict], test: ClaimTest, regime_reached: bool | None = None, regime: str = "",
+           declared_before: bool = True) -> dict:
     """The answer of ``test`` on the runs of its two variants: the paired difference, its verdict,
     convergence, and ``regime``, a sentence saying what was checked. ``regime_reached`` is the
     claim's precondition; left out, it is the precondition of every claim about trained networks:
-    all of the two variants' runs converged (:func:`sidlib.analysis.verdicts.converged`)."""
+    all of the two variants' runs converged (:func:`sidlib.analysis.verdicts.converged`). A claim not
+    ``declared_before`` the runs is never judged: its verdict is "regime not reached"."""
     mine = [r for r in runs if variant_of(r) in (test.a, test.b)]
     difference = compare(mine, test.a, test.b, test.metric)
     conv = convergence(mine)
@@ -83,6 +107,9 @@ def answer(runs: list[dict], test: ClaimTest, regime_reached: bool | None = None
         regime_reached = conv["converged"] == conv["runs"]
         if not regime:
             regime = convergence_sentence(mine, conv)
+    if not declared_before:  # a claim chosen after seeing the runs is shown, never judged
+        regime_reached = False
+        regime = (regime + " " if regime else "") + "The claim was declared after these runs, so the rule does not judge it."
     return {"test": test, "difference": difference, "verdict": verdict(difference, test.claim, regime_reached),
             "convergence": conv, "regime_reached": regime_reached, "regime": regime,
             "a_mean": statistics.fmean(r[test.metric] for r in mine if variant_of(r) == test.a),
@@ -125,17 +152,32 @@ def page_answers(runs: list[dict], summary: dict, declarations: dict[str, list],
     after ``prefix`` (for a page that tests the same pair on two metrics)."""
     declared_before = "claims" in summary
     declared = summary["claims"] if declared_before else declarations
+    runs = [early_stopped(r) for r in runs]
     if metric is None:
         metric = "best_val_test_acc" if all("best_val_test_acc" in r for r in runs) else "final_test_acc"
-    answers = []
-    for comparison, (direction, margin) in declared.items():
+    answers, keys = [], set()
+    for comparison, claim in declared.items():
         a, b = parse_comparison(comparison)
+        key = prefix + f"{a}_vs_{b}".replace("-", "_")
+        if key in keys:
+            raise ValueError(f"two declared comparisons record under one name {key!r}; rename a variant")
+        keys.add(key)
         effect, source = (paper_effects or {}).get(comparison, (None, ""))
         variant = (aliases or {}).get
-        test = ClaimTest(prefix + f"{a}_vs_{b}".replace("-", "_"), variant(a, a), variant(b, b), Claim(direction, margin),
-                         metric=metric, paper_effect=effect, paper_source=source)
-        answers.append(answer(runs, test))
+        test = ClaimTest(key, variant(a, a), variant(b, b), as_claim(claim), metric=metric, paper_effect=effect,
+                         paper_source=source)
+        answers.append(answer(runs, test, declared_before=declared_before))
     return answers, declared_before
+
+
+def early_stopped(run: dict) -> dict:
+    """The run, with the test accuracy of its best validation epoch filled in from its history where
+    it was trained with a validation split before runs recorded it (``best_val_test_acc``)."""
+    history = run.get("history", [])
+    if "best_val_test_acc" in run or not history or not all("val_acc" in h for h in history):
+        return run
+    best = max(history, key=lambda h: (h["val_acc"], -h["epoch"]))
+    return {**run, "best_val_test_acc": best["test_acc"]}
 
 
 def show_answers(runs: list[dict], summary: dict, declarations: dict[str, list],
@@ -154,6 +196,9 @@ def show_answers(runs: list[dict], summary: dict, declarations: dict[str, list],
         print("the shown preset has one seed: no paired interval")
         return []
     answers, declared_before = page_answers(runs, summary, declarations, paper_effects, metric, aliases, prefix)
+    if not answers:
+        print("this page declares no claims")
+        return []
     names = [(name(a["test"].a), name(a["test"].b)) for a in answers]
     for a in answers if keep else ():
         record_answer(a)
@@ -204,7 +249,7 @@ def answer_row(result: dict, names: tuple[str, str] | None = None) -> dict:
     """One answer as a table row (for a page that tests several claims)."""
     test, d, conv = result["test"], result["difference"], result["convergence"]
     a, b = names or (test.a, test.b)
-    return {"comparison": f"{a} - {b}", "claim": test.claim.describe(a, b), "means (%)": f"{result['a_mean']:.2f} vs {result['b_mean']:.2f}", "difference": f"{d.mean:+.2f}",
+    return {"comparison": f"{a} - {b}", "claim": test.claim.describe(a, b), "means": f"{result['a_mean']:.2f} vs {result['b_mean']:.2f}", "difference": f"{d.mean:+.2f}",
             "95% interval": f"[{d.low:+.2f}, {d.high:+.2f}]", "seeds": d.n,
             "converged": f"{conv['converged']}/{conv['runs']}", "verdict": result["verdict"],
             "paper": "" if test.paper_effect is None else f"{test.paper_effect:+.2f} ({test.paper_source})"}
