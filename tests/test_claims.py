@@ -40,7 +40,7 @@ def test_the_answer_pairs_seeds_and_words_the_verdict():
     assert claims.answer(runs, test, regime_reached=False)["verdict"] == "regime not reached"
     row = claims.answer_row(result, names=("SID", "BP"))
     assert row["difference"] == "+0.85" and row["verdict"] == "holds" and row["converged"] == "8/8"
-    assert row["means"] == "91.50 vs 90.65" and row["paper"] == "+0.10 (paper)"
+    assert row["means"] == "91.50 vs 90.65" and row["paper"] == "+0.10" and row["claim"] == "SID - BP > -1"
     fig, ax = plt.subplots()
     claims.plot_answer(ax, result, names=("SID", "BP"))
     assert ax.get_title().startswith("holds")

@@ -202,7 +202,10 @@ def show_answers(runs: list[dict], summary: dict, declarations: dict[str, list],
     names = [(name(a["test"].a), name(a["test"].b)) for a in answers]
     for a in answers if keep else ():
         record_answer(a)
-    display(pd.DataFrame([answer_row(a, n) for a, n in zip(answers, names)]).set_index("comparison"))
+    display(pd.DataFrame([answer_row(a, n) for a, n in zip(answers, names)]).set_index("claim"))
+    sources = {a["test"].paper_source for a in answers if a["test"].paper_effect is not None}
+    if sources:
+        print("the paper's effect: " + "; ".join(sorted(sources)))
     if not declared_before:
         print(f"preset {summary.get('preset')!r} declared no claims before its runs: they are judged as this page declares them.")
     print(*dict.fromkeys(a["regime"] for a in answers if a["regime"]), sep="\n")
@@ -249,10 +252,10 @@ def answer_row(result: dict, names: tuple[str, str] | None = None) -> dict:
     """One answer as a table row (for a page that tests several claims)."""
     test, d, conv = result["test"], result["difference"], result["convergence"]
     a, b = names or (test.a, test.b)
-    return {"comparison": f"{a} - {b}", "claim": test.claim.describe(a, b), "means": f"{result['a_mean']:.2f} vs {result['b_mean']:.2f}", "difference": f"{d.mean:+.2f}",
-            "95% interval": f"[{d.low:+.2f}, {d.high:+.2f}]", "seeds": d.n,
+    return {"claim": test.claim.describe(a, b), "means": f"{result['a_mean']:.2f} vs {result['b_mean']:.2f}",
+            "difference": f"{d.mean:+.2f}", "95% interval": f"[{d.low:+.2f}, {d.high:+.2f}]", "seeds": d.n,
             "converged": f"{conv['converged']}/{conv['runs']}", "verdict": result["verdict"],
-            "paper": "" if test.paper_effect is None else f"{test.paper_effect:+.2f} ({test.paper_source})"}
+            "paper": "" if test.paper_effect is None else f"{test.paper_effect:+.2f}"}
 
 
 def plot_answer(ax, result: dict, names: tuple[str, str] | None = None) -> None:
