@@ -96,9 +96,8 @@ def test_page_answers_judge_every_declared_comparison_and_need_convergence():
 
 
 def test_claims_are_declared_before_the_first_run_and_kept(tmp_path):
-    fresh, started, old = tmp_path / "fresh", tmp_path / "started", tmp_path / "old"
-    declaration = {"sid - bp": ["greater", 0.0]}
-    fresh.mkdir()
+    fresh, started, old = tmp_path / "results" / "fresh", tmp_path / "started", tmp_path / "old"
+    declaration = {"sid - bp": ["greater", 0.0]}  # the fresh folder does not exist yet: declaring makes it
     assert claims.declare(fresh, declaration) == declaration and (fresh / claims.DECLARATION).is_file()
     assert claims.declared_entry(fresh, declaration) == {"claims": declaration}  # the summary copies it
     with pytest.raises(ValueError, match="started under the claims"):  # resumed under other claims

@@ -82,6 +82,7 @@ def declare(out_dir, declaration, key: str = "claims"):
         from .runner import COMPLETE_MARKER
         summary = folder / COMPLETE_MARKER  # presets that declared in their summary before claims.json existed
         return json.loads(summary.read_text()).get(key) if summary.is_file() else None
+    folder.mkdir(parents=True, exist_ok=True)
     write_json(path, {key: declaration})
     return declaration
 
