@@ -160,17 +160,17 @@ def test_the_runner_refuses_bad_worker_counts_in_one_line(tmp_path):
         assert "--workers" in done.stderr
 
 
-CONVERGED = sorted((ROOT / "results").glob("*/converged"))
+CONVERGED = sorted((ROOT / "results").glob("*/converged*"))  # converged, and a page's second converged preset
 DEAR_RUN_SECONDS = 300  # the guide's rule: 8 seeds where runs are cheap, 5 where they are dear
 
 
-@pytest.mark.parametrize("folder", CONVERGED, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("folder", CONVERGED, ids=lambda p: f"{p.parent.name}-{p.name}")
 def test_every_committed_converged_preset_follows_the_protocol(folder):
     """Validation held out of the training set and evaluated every epoch, early stopping or the whole
     budget as the preset says, paired seeds (8 or more; 5 or more where a run costs over 5 minutes),
     and the claims declared in the preset."""
     stem = folder.parent.name
-    preset = runner.presets_for(ROOT / "notebooks" / f"{stem}.ipynb")["converged"]
+    preset = runner.presets_for(ROOT / "notebooks" / f"{stem}.ipynb")[folder.name]
     declared = json.loads((folder / claims.DECLARATION).read_text())  # written before the preset's first run
     if "claim_declarations" in preset:  # a page testing several claims: {"A - B": [direction, margin]}
         templates = list(preset["claim_declarations"].values())
@@ -184,10 +184,10 @@ def test_every_committed_converged_preset_follows_the_protocol(folder):
     complete = (folder / runner.COMPLETE_MARKER).is_file()
     if not runs:  # declared, its first run not yet finished: nothing to show, so nothing in the book
         assert not complete, f"{folder}: a summary without runs"
-        assert f"results/{stem}/converged" not in (ROOT / "_toc.yml").read_text(), f"{stem}: no runs but in the book"
+        assert f"results/{stem}/{folder.name}" not in (ROOT / "_toc.yml").read_text(), f"{stem}: no runs but in the book"
         return
     if not complete:  # still running across sessions: its finished runs are committed, the book does not show it
-        assert f"results/{stem}/converged" not in (ROOT / "_toc.yml").read_text(), f"{stem}: incomplete but in the book"
+        assert f"results/{stem}/{folder.name}" not in (ROOT / "_toc.yml").read_text(), f"{stem}: incomplete but in the book"
     seeds = {}
     for r in runs:
         c = r["config"]

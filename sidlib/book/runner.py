@@ -161,9 +161,9 @@ def isolated_results_root(notebook: Path, root: Path) -> Path:
     committed = Path(notebook).resolve().parent.parent / "results" / Path(notebook).stem
     mine = Path(root) / Path(notebook).stem
     mine.mkdir(parents=True)
-    for preset in PRESET_ORDER[1:]:
-        if (committed / preset).is_dir():
-            (mine / preset).symlink_to(committed / preset, target_is_directory=True)
+    for preset in sorted(committed.iterdir()) if committed.is_dir() else []:  # every committed preset but smoke
+        if preset.is_dir() and preset.name != "smoke":
+            (mine / preset.name).symlink_to(preset, target_is_directory=True)
     return Path(root)
 
 

@@ -1,6 +1,8 @@
 """What an experiment page prints about its runs: their scale and provenance, and our numbers beside the paper's."""
 from __future__ import annotations
 
+import statistics
+
 from ..config import TrainConfig
 from .experiments import summarise, variant_of
 
@@ -42,19 +44,27 @@ def accuracy_rows(runs: list[dict], references: list[dict], label=lambda row: ro
     then the paper's rows in ``references`` (sidlib.book.reference)."""
     rows = []
     mixed_subsets = len({r["config"]["train_subset"] for r in runs}) > 1
+    # runs with a validation split lead with what early stopping keeps: the best-validation epoch's test accuracy
+    validated = all(r["config"].get("val_split") for r in runs)
     for row in summarise(runs):
         mine = [r for r in runs if variant_of(r) == row["variant"]]
         c = mine[0]["config"]
         images = f", {c['train_subset'] or 'all'} training images" if mixed_subsets else ""
+        budget = (f"early stopping (patience {c['patience']}, at most {c['epochs']} epochs)" if c.get("patience")
+                  else f"{c['epochs']} epochs")
         rows.append({"method": f"{label(row)} (ours)", "dataset": c["dataset"], "model": c["model"],
-                     "protocol": f"{c['epochs']} epochs, {len(row['seeds'])} seeds{images}",
-                     "final test acc. (%)": f"{row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f}",
-                     "best epoch (%)": f"{row['best_acc_mean']:.2f}"})
+                     "protocol": f"{budget}, {len(row['seeds'])} seeds{images}"})
+        if validated:
+            rows[-1] |= {"test acc. at best val. epoch (%)": f"{row['selected_acc_mean']:.2f} ± {row['selected_acc_std']:.2f}",
+                         "best val. epoch (median)": f"{statistics.median(row['selected_epochs']):g}"}
+        rows[-1] |= {"final test acc. (%)": f"{row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f}",
+                     "best epoch (%)": f"{row['best_acc_mean']:.2f}"}
     for ref in references:
         std = f" ± {ref['std']:.2f}" if ref.get("std") is not None else ""
         rows.append({"method": f"{ref['method'].upper()} ({ref['source']})", "dataset": ref["dataset"],
-                     "model": ref["model"], "protocol": ref["protocol"], "final test acc. (%)": f"{ref['acc']:.2f}{std}",
-                     "best epoch (%)": ""})
+                     "model": ref["model"], "protocol": ref["protocol"],
+                     **({"test acc. at best val. epoch (%)": "", "best val. epoch (median)": ""} if validated else {}),
+                     "final test acc. (%)": f"{ref['acc']:.2f}{std}", "best epoch (%)": ""})
     return rows
 
 
@@ -67,15 +77,20 @@ def bench_ratios(bench_records: list[dict], baseline: str = "bp") -> dict[str, d
                      "saved": r["peak_saved_bytes"] / base["peak_saved_bytes"]} for method, r in by_method.items()}
 
 
-def record_shown(runs: list[dict], ratios: dict[str, dict[str, float]] | None = None) -> None:
+def record_shown(runs: list[dict], ratios: dict[str, dict[str, float]] | None = None, prefix: str = "shown") -> None:
     """Record the shown preset's numbers, so that the page's prose cites them (``{glue:text}`shown_sid_acc:.2f```)
     instead of retyping them: per variant ``shown_<variant>_acc`` and ``_acc_std`` (final test accuracy, mean
-    and std over seeds); per benchmarked method ``shown_<method>_time`` and ``_saved`` (:func:`bench_ratios`)."""
+    and std over seeds), and where the runs have a validation split ``_selected_acc`` and ``_selected_acc_std``
+    (the best-validation epoch's); per benchmarked method ``shown_<method>_time`` and ``_saved``
+    (:func:`bench_ratios`). A second preset on the same page records under its own ``prefix``."""
     from .notebook import record
 
     for row in summarise(runs):
-        record(f"shown_{row['variant']}_acc", row["final_acc_mean"])
-        record(f"shown_{row['variant']}_acc_std", row["final_acc_std"])
+        record(f"{prefix}_{row['variant']}_acc", row["final_acc_mean"])
+        record(f"{prefix}_{row['variant']}_acc_std", row["final_acc_std"])
+        if "selected_acc_mean" in row:
+            record(f"{prefix}_{row['variant']}_selected_acc", row["selected_acc_mean"])
+            record(f"{prefix}_{row['variant']}_selected_acc_std", row["selected_acc_std"])
     for method, ratio in (ratios or {}).items():
-        record(f"shown_{method}_time", ratio["time"])
-        record(f"shown_{method}_saved", ratio["saved"])
+        record(f"{prefix}_{method}_time", ratio["time"])
+        record(f"{prefix}_{method}_saved", ratio["saved"])
