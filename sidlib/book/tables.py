@@ -44,8 +44,8 @@ def accuracy_rows(runs: list[dict], references: list[dict], label=lambda row: ro
     then the paper's rows in ``references`` (sidlib.book.reference)."""
     rows = []
     mixed_subsets = len({r["config"]["train_subset"] for r in runs}) > 1
-    # runs with a validation split lead with what early stopping keeps: the best-validation epoch's test accuracy
-    validated = all(r["config"].get("val_split") for r in runs)
+    # early-stopped runs lead with what early stopping keeps: the best-validation epoch's test accuracy
+    validated = bool(runs) and all(r["config"].get("val_split") and r["config"].get("patience") for r in runs)
     for row in summarise(runs):
         mine = [r for r in runs if variant_of(r) == row["variant"]]
         c = mine[0]["config"]
@@ -80,15 +80,15 @@ def bench_ratios(bench_records: list[dict], baseline: str = "bp") -> dict[str, d
 def record_shown(runs: list[dict], ratios: dict[str, dict[str, float]] | None = None, prefix: str = "shown") -> None:
     """Record the shown preset's numbers, so that the page's prose cites them (``{glue:text}`shown_sid_acc:.2f```)
     instead of retyping them: per variant ``shown_<variant>_acc`` and ``_acc_std`` (final test accuracy, mean
-    and std over seeds), and where the runs have a validation split ``_selected_acc`` and ``_selected_acc_std``
-    (the best-validation epoch's); per benchmarked method ``shown_<method>_time`` and ``_saved``
+    and std over seeds), and where the runs stopped early on a validation split ``_selected_acc`` and
+    ``_selected_acc_std`` (the best-validation epoch's); per benchmarked method ``shown_<method>_time`` and ``_saved``
     (:func:`bench_ratios`). A second preset on the same page records under its own ``prefix``."""
     from .notebook import record
 
     for row in summarise(runs):
         record(f"{prefix}_{row['variant']}_acc", row["final_acc_mean"])
         record(f"{prefix}_{row['variant']}_acc_std", row["final_acc_std"])
-        if "selected_acc_mean" in row:
+        if "selected_acc_mean" in row and all(r["config"].get("patience") for r in runs if variant_of(r) == row["variant"]):
             record(f"{prefix}_{row['variant']}_selected_acc", row["selected_acc_mean"])
             record(f"{prefix}_{row['variant']}_selected_acc_std", row["selected_acc_std"])
     for method, ratio in (ratios or {}).items():
