@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import bench
-from .config import (DEVICES, FF_GOODNESS, FF_NEGATIVES, FF_PREDICTIONS, LLS_PROJECTIONS, NOPROP_VARIANTS, OPTIMIZERS,
-                     PEPITA_SIGNS, PRECISIONS, SCHEDULES, ConfigError, TrainConfig)
+from .config import (DEVICES, FF_GOODNESS, FF_NEGATIVES, FF_PREDICTIONS, HSIC_OBJECTIVES, LLS_PROJECTIONS,
+                     NOPROP_VARIANTS, OPTIMIZERS, PEPITA_SIGNS, PRECISIONS, SCHEDULES, ConfigError, TrainConfig)
 from .data import DATASETS, DataUnavailable
 from .divergences import KL_DIRECTIONS
 from .io import check_writable, write_json
@@ -102,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     baselines.add_argument("--noprop-variant", choices=NOPROP_VARIANTS, default=d.noprop_variant,
                            help="NoProp as its paper (DT) or as the SID authors' code")
     baselines.add_argument("--noprop-eta", type=float, default=d.noprop_eta, help="NoProp's weight of the denoising loss")
+    baselines.add_argument("--hsic-objective", choices=HSIC_OBJECTIVES, default=d.hsic_objective,
+                           help="HSIC's unit objective: the bottleneck (nHSIC with the input minus beta times nHSIC "
+                                "with the labels, Ma et al.), or the SID paper's baseline (the unbiased HSIC with the "
+                                "labels alone, maximised)")
     baselines.add_argument("--hsic-beta", type=float, default=d.hsic_beta,
                            help="HSIC bottleneck's weight of the label term")
     baselines.add_argument("--hsic-sigma", type=float, default=d.hsic_sigma, help="HSIC's Gaussian kernel width")

@@ -23,6 +23,7 @@ FF_GOODNESS = ("sum", "mean")
 FF_PREDICTIONS = ("goodness", "readout")
 FF_NEGATIVES = ("other", "permute")
 NOPROP_VARIANTS = ("paper", "authors")
+HSIC_OBJECTIVES = ("bottleneck", "labels")  # Ma et al.'s bottleneck; the SID paper's baseline (labels only, unbiased)
 LLS_PROJECTIONS = ("periodic", "random")
 _SLL = SLLOptions()
 
@@ -73,6 +74,7 @@ class TrainConfig:
     ff_negatives: str = "other"
     noprop_variant: str = "paper"
     noprop_eta: float = 0.1
+    hsic_objective: str = "bottleneck"
     hsic_beta: float = 500.0
     hsic_sigma: float = 5.0
     lls_projection: str = "periodic"
@@ -95,7 +97,7 @@ class TrainConfig:
                    "extractor": EXTRACTOR_STRATEGIES, "schedule": SCHEDULES, "device": DEVICES,
                    "precision": PRECISIONS, "optimizer": OPTIMIZERS, "pepita_sign": PEPITA_SIGNS,
                    "ff_goodness": FF_GOODNESS, "ff_predict": FF_PREDICTIONS, "ff_negatives": FF_NEGATIVES,
-                   "noprop_variant": NOPROP_VARIANTS, "lls_projection": LLS_PROJECTIONS,
+                   "noprop_variant": NOPROP_VARIANTS, "hsic_objective": HSIC_OBJECTIVES, "lls_projection": LLS_PROJECTIONS,
                    "belief_input": BELIEF_INPUTS, "sid_phase2": PHASE2_MODES}
         for name, allowed in choices.items():
             value = getattr(self, name)

@@ -197,3 +197,61 @@ def test_bad_hsic_options_end_with_one_line(options, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def u_statistic_hsic(k, l):
+    """HSIC's unbiased estimate from its definition (Song et al. 2012): the mean over ordered tuples of
+    4 distinct samples (i, j, q, r) of k_ij (l_ij + l_qr - 2 l_iq), in float64."""
+    k, l = np.asarray(k, dtype=np.float64), np.asarray(l, dtype=np.float64)
+    m = len(k)
+    total, count = 0.0, 0
+    for i, j, q, r in __import__("itertools").permutations(range(m), 4):
+        total += k[i, j] * (l[i, j] + l[q, r] - 2 * l[i, q])
+        count += 1
+    return total / count
+
+
+def test_the_unbiased_hsic_is_the_u_statistic_of_its_definition():
+    g = torch.Generator().manual_seed(3)
+    z, one_hot = torch.randn(7, 5, generator=g), F.one_hot(torch.randint(0, 3, (7,), generator=g), 3).float()
+    k, l = hsic.gaussian_kernel(z, 1.5), hsic.gaussian_kernel(one_hot, 1.5)
+    # the closed form is exact: in float64 it meets the definition to rounding (float32 cancels in its sums)
+    assert hsic.unbiased_hsic(k.double(), l.double()).item() == pytest.approx(u_statistic_hsic(k.numpy(), l.numpy()), rel=1e-9)
+    # biased estimates of independent samples are positive; the unbiased one averages to zero
+    values = []
+    for seed in range(200):
+        g = torch.Generator().manual_seed(100 + seed)
+        a, b = torch.randn(16, 4, generator=g), torch.randn(16, 4, generator=g)
+        values.append(hsic.unbiased_hsic(hsic.gaussian_kernel(a, 1.0), hsic.gaussian_kernel(b, 1.0)).item())
+    assert abs(np.mean(values)) < 3 * np.std(values) / math.sqrt(len(values))
+
+
+def test_the_sid_papers_objective_trains_each_unit_on_the_labels_term_alone():
+    """--hsic-objective labels: each unit's gradient is that of -HSIC_u(Z, Y) alone (no input term, no beta)."""
+    model = built("deep-mlp", depth=3)
+    images, labels = batch()
+    cfg = config(method="hsic", hsic_objective="labels", hsic_beta=50.0, hsic_sigma=2.0)
+    hsic.step(model, images, labels, cfg, no_autocast)
+    stepped = grads(model)
+    label_kernel = torch.tensor(numpy_kernel(F.one_hot(labels, CLASSES).numpy(), 2.0), dtype=torch.float32)
+    x = images
+    for i, block in enumerate(model.blocks):
+        model.zero_grad(set_to_none=True)
+        h = block(x)
+        z_kernel = hsic.gaussian_kernel(h.flatten(1), 2.0)
+        m = len(labels)
+        a, b = z_kernel * (1 - torch.eye(m)), label_kernel * (1 - torch.eye(m))
+        estimate = ((a * b).sum() + a.sum() * b.sum() / ((m - 1) * (m - 2)) - 2 / (m - 2) * (a @ b).sum()) / (m * (m - 3))
+        (-estimate).backward()
+        own = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert set(own) == {n for n in stepped if n.startswith(f"blocks.{i}.")}, i
+        for name, grad in own.items():
+            torch.testing.assert_close(stepped[name], grad, rtol=1e-4, atol=1e-9)
+        x = h.detach()
+
+
+def test_a_batch_too_small_for_the_unbiased_estimate_contributes_nothing():
+    z = torch.randn(3, 4, requires_grad=True)
+    loss = hsic.labels_objective(z, torch.ones(3, 3), 1.0)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(z.grad) == 0
