@@ -50,8 +50,7 @@ def accuracy_rows(runs: list[dict], references: list[dict], label=lambda row: ro
         mine = [r for r in runs if variant_of(r) == row["variant"]]
         c = mine[0]["config"]
         images = f", {c['train_subset'] or 'all'} training images" if mixed_subsets else ""
-        budget = (f"early stopping (patience {c['patience']}, at most {c['epochs']} epochs)" if c.get("patience")
-                  else f"{c['epochs']} epochs")
+        budget = f"patience {c['patience']}, ≤ {c['epochs']} epochs" if c.get("patience") else f"{c['epochs']} epochs"
         rows.append({"method": f"{label(row)} (ours)", "dataset": c["dataset"], "model": c["model"],
                      "protocol": f"{budget}, {len(row['seeds'])} seeds{images}"})
         if validated:
