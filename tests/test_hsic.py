@@ -86,15 +86,22 @@ def test_each_unit_of_a_network_gets_the_gradient_of_its_own_objective_only():
     hsic.step(model, images, labels, cfg, no_autocast)
     stepped = grads(model)
     x_kernel, y_kernel = hsic.data_kernels(images, labels, CLASSES, cfg.hsic_sigma)
+    assert_each_block_gets_its_own_gradient(
+        model, images, stepped, lambda h: hsic.bottleneck_objective(h, x_kernel, y_kernel, cfg.hsic_sigma, cfg.hsic_beta),
+        rtol=1e-5, atol=1e-8)
+
+
+def assert_each_block_gets_its_own_gradient(model, images, stepped, objective, rtol, atol):
+    """Block by block, on its detached input: the step's gradient of block i is that of objective(block i's output)."""
     x = images
     for i, block in enumerate(model.blocks):
         model.zero_grad(set_to_none=True)
         h = block(x)
-        hsic.bottleneck_objective(h, x_kernel, y_kernel, cfg.hsic_sigma, cfg.hsic_beta).backward()
+        objective(h).backward()
         own = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         assert set(own) == {n for n in stepped if n.startswith(f"blocks.{i}.")}, i
         for name, grad in own.items():
-            torch.testing.assert_close(stepped[name], grad, rtol=1e-5, atol=1e-8)
+            torch.testing.assert_close(stepped[name], grad, rtol=rtol, atol=atol)
         x = h.detach()
 
 
@@ -234,20 +241,13 @@ def test_the_sid_papers_objective_trains_each_unit_on_the_labels_term_alone():
     hsic.step(model, images, labels, cfg, no_autocast)
     stepped = grads(model)
     label_kernel = torch.tensor(numpy_kernel(F.one_hot(labels, CLASSES).numpy(), 2.0), dtype=torch.float32)
-    x = images
-    for i, block in enumerate(model.blocks):
-        model.zero_grad(set_to_none=True)
-        h = block(x)
-        z_kernel = hsic.gaussian_kernel(h.flatten(1), 2.0)
-        m = len(labels)
-        a, b = z_kernel * (1 - torch.eye(m)), label_kernel * (1 - torch.eye(m))
-        estimate = ((a * b).sum() + a.sum() * b.sum() / ((m - 1) * (m - 2)) - 2 / (m - 2) * (a @ b).sum()) / (m * (m - 3))
-        (-estimate).backward()
-        own = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-        assert set(own) == {n for n in stepped if n.startswith(f"blocks.{i}.")}, i
-        for name, grad in own.items():
-            torch.testing.assert_close(stepped[name], grad, rtol=1e-4, atol=1e-9)
-        x = h.detach()
+    m = len(labels)
+
+    def negative_unbiased_hsic(h):
+        a, b = hsic.gaussian_kernel(h.flatten(1), 2.0) * (1 - torch.eye(m)), label_kernel * (1 - torch.eye(m))
+        return -((a * b).sum() + a.sum() * b.sum() / ((m - 1) * (m - 2)) - 2 / (m - 2) * (a @ b).sum()) / (m * (m - 3))
+
+    assert_each_block_gets_its_own_gradient(model, images, stepped, negative_unbiased_hsic, rtol=1e-4, atol=1e-9)
 
 
 def test_a_batch_too_small_for_the_unbiased_estimate_contributes_nothing():
