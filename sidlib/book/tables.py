@@ -39,13 +39,18 @@ def provenance(preset: str, runs: list[dict]) -> str:
     return "\n".join(lines + ["commands:"] + [f"  {command}" for command in commands])
 
 
+def _early_stopped(runs: list[dict]) -> bool:
+    """Whether every run stopped on a validation split (a patience), so that its best-validation epoch is the result."""
+    return all(r["config"].get("val_split") and r["config"].get("patience") for r in runs)
+
+
 def accuracy_rows(runs: list[dict], references: list[dict], label=lambda row: row["variant"]) -> list[dict]:
     """One row per variant of ``runs`` (ours: final and best-epoch accuracy, mean ± std over seeds),
     then the paper's rows in ``references`` (sidlib.book.reference)."""
     rows = []
     mixed_subsets = len({r["config"]["train_subset"] for r in runs}) > 1
     # early-stopped runs lead with what early stopping keeps: the best-validation epoch's test accuracy
-    validated = bool(runs) and all(r["config"].get("val_split") and r["config"].get("patience") for r in runs)
+    validated = bool(runs) and _early_stopped(runs)
     for row in summarise(runs):
         mine = [r for r in runs if variant_of(r) == row["variant"]]
         c = mine[0]["config"]
@@ -87,7 +92,7 @@ def record_shown(runs: list[dict], ratios: dict[str, dict[str, float]] | None = 
     for row in summarise(runs):
         record(f"{prefix}_{row['variant']}_acc", row["final_acc_mean"])
         record(f"{prefix}_{row['variant']}_acc_std", row["final_acc_std"])
-        if "selected_acc_mean" in row and all(r["config"].get("patience") for r in runs if variant_of(r) == row["variant"]):
+        if _early_stopped([r for r in runs if variant_of(r) == row["variant"]]):
             record(f"{prefix}_{row['variant']}_selected_acc", row["selected_acc_mean"])
             record(f"{prefix}_{row['variant']}_selected_acc_std", row["selected_acc_std"])
     for method, ratio in (ratios or {}).items():
