@@ -14,7 +14,8 @@ from pathlib import Path
 
 from . import bench
 from .config import (DEVICES, FF_GOODNESS, FF_NEGATIVES, FF_PREDICTIONS, HSIC_OBJECTIVES, LLS_PROJECTIONS,
-                     NOPROP_VARIANTS, OPTIMIZERS, PEPITA_SIGNS, PRECISIONS, SCHEDULES, ConfigError, TrainConfig)
+                     NOPROP_VARIANTS, OPTIMIZERS, PEPITA_SIGNS, PRECISIONS, SCHEDULES, TEST_EPOCHS, ConfigError,
+                     TrainConfig)
 from .data import DATASETS, DataUnavailable
 from .divergences import KL_DIRECTIONS
 from .io import check_writable, write_json
@@ -125,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="stop once validation accuracy has not improved for N epochs (needs --val-split)")
     train.add_argument("--track-train-acc", action="store_true",
                        help="also measure accuracy on the training labels as given (noisy ones too), each epoch")
+    train.add_argument("--test-epochs", choices=TEST_EPOCHS, default=d.test_epochs,
+                       help="'reported': evaluate the test set only at each new best-validation epoch and the last "
+                            "epoch, the ones a run reports (needs --val-split); the same results, less evaluation")
     train.add_argument("--data-root", default=None, help="dataset folder (default: $SIDLIB_DATA or data/)")
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--device", choices=DEVICES, default=d.device)
@@ -180,7 +184,8 @@ def _train(args) -> int:
             return
         print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
               + (f"val acc {record['val_acc']:.2f}%, " if "val_acc" in record else "")
-              + f"test acc {record['test_acc']:.2f}%, {record['epoch_seconds']:.1f} s", flush=True)
+              + (f"test acc {record['test_acc']:.2f}%, " if record["test_acc"] is not None else "")
+              + f"{record['epoch_seconds']:.1f} s", flush=True)
 
     try:
         results = train(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume,

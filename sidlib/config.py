@@ -16,6 +16,7 @@ from .models import BELIEF_INPUTS, CASCADES, HEADS, MODELS, STACKS, build_model,
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+TEST_EPOCHS = ("all", "reported")  # the test set every epoch; or only at the epochs a run reports (see train.py)
 OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
 # The baselines' open choices (each a --<method>-* option; the method's module explains it)
 PEPITA_SIGNS = ("minus", "plus")
@@ -83,6 +84,7 @@ class TrainConfig:
     val_split: int = 0  # training samples held out for model selection (0: none)
     patience: int | None = None  # stop once validation accuracy has not improved for this many epochs (None: never)
     track_train_acc: bool = False  # also measure accuracy on the training labels as given (noisy ones too), each epoch
+    test_epochs: str = "all"  # "reported": test only each new best-validation epoch and the last (needs val_split)
     data_root: str | None = None
     seed: int = 0
     device: str = "auto"
@@ -98,7 +100,7 @@ class TrainConfig:
                    "precision": PRECISIONS, "optimizer": OPTIMIZERS, "pepita_sign": PEPITA_SIGNS,
                    "ff_goodness": FF_GOODNESS, "ff_predict": FF_PREDICTIONS, "ff_negatives": FF_NEGATIVES,
                    "noprop_variant": NOPROP_VARIANTS, "hsic_objective": HSIC_OBJECTIVES, "lls_projection": LLS_PROJECTIONS,
-                   "belief_input": BELIEF_INPUTS, "sid_phase2": PHASE2_MODES}
+                   "belief_input": BELIEF_INPUTS, "sid_phase2": PHASE2_MODES, "test_epochs": TEST_EPOCHS}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -138,6 +140,9 @@ class TrainConfig:
             if not self.val_split:
                 raise ConfigError("--patience stops on validation accuracy; add --val-split N to hold out N "
                                   "training samples for it (early stopping never reads the test set)")
+        if self.test_epochs == "reported" and not self.val_split:
+            raise ConfigError("--test-epochs reported tests the epochs chosen on validation; add --val-split N, "
+                              "or use --test-epochs all")
         if self.val_split and self.train_subset is not None and self.val_split + self.train_subset > info.train_size:
             raise ConfigError(f"--val-split {self.val_split} and --train-subset {self.train_subset} together exceed "
                               f"{self.dataset}'s {info.train_size} training samples; make one of them smaller")

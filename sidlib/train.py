@@ -31,7 +31,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 EVAL_BATCH = 1000
 FINITE_CHECK_EVERY = 25  # steps; reading the loss forces a device sync, so not every step
 # Options that may change between a run and its resumption; the rest define the run.
-RESUMABLE_CHANGES = ("epochs", "data_root", "device")
+RESUMABLE_CHANGES = ("epochs", "data_root", "device", "test_epochs")  # none changes the training
 
 
 class NonFiniteLoss(RuntimeError):
@@ -240,10 +240,11 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
         started = time.perf_counter()
         if parallel.active():  # every rank gets the whole network and optimiser state, to evaluate and save
             parallel.share_modules(model, optimizer)
-        test_acc = evaluate(model, data, autocast, method.predict)
-        record = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "test_acc": test_acc}
+        record = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch}
         if config.val_split:  # every epoch's, so that the epoch can be chosen on it rather than on the test set
             record["val_acc"] = evaluate(model, data, autocast, method.predict, split="val")
+        tested = config.test_epochs == "all" or reported_epoch(history, record, config)
+        record["test_acc"] = evaluate(model, data, autocast, method.predict) if tested else None
         if config.track_train_acc:  # how far the network fits the labels it was given (memorisation of noise)
             record["train_acc"] = evaluate(model, data, autocast, method.predict, split="train")
         record |= {"epoch_seconds": epoch_seconds, "eval_seconds": time.perf_counter() - started,
@@ -262,6 +263,16 @@ def train_model(config: TrainConfig, checkpoint_dir: Path | None = None, resume:
             "final_test_acc": history[-1]["test_acc"] if history else None,
             **(validation_summary(history) if config.val_split and history else {}),
             "train_seconds": train_seconds, "environment": environment(device)}
+
+
+def reported_epoch(history: list[dict], record: dict, config: TrainConfig) -> bool:
+    """Whether a run reports ``record``'s epoch (coming after ``history``): a new best validation
+    accuracy, which early stopping may keep, or the last epoch, by the cap or by the patience. Only
+    these need the test set, so ``test_epochs="reported"`` skips it elsewhere; the training itself,
+    which never reads the test set, is the same either way."""
+    after = history + [record]
+    return (best_validation_epoch(after) is record or record["epoch"] == config.epochs
+            or (config.patience is not None and epochs_without_improvement(after) >= config.patience))
 
 
 def best_validation_epoch(history: list[dict]) -> dict:

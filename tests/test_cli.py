@@ -80,6 +80,7 @@ BAD = {
     "validation split negative": (["--val-split", "-1"], "--val-split"),
     "validation split is the whole set": (["--val-split", "2000"], "--val-split"),
     "validation and subset exceed the set": (["--val-split", "1000", "--train-subset", "1500"], "--val-split 1000"),
+    "reported test epochs without validation": (["--test-epochs", "reported"], "--val-split"),
     "belief input for noprop": (["--method", "noprop", "--belief-input", "residual"], "--belief-input"),
     "reverse kl to a one-hot target": (["--method", "sid", "--kl", "reverse"], "--label-smoothing"),
 }

@@ -145,6 +145,29 @@ def test_patience_stops_after_that_many_epochs_without_a_better_validation_accur
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("patience, reported", [(2, [1, 2, 4]), (None, [1, 2, 5])])
+def test_reported_test_epochs_are_the_best_validation_ones_and_the_last(monkeypatch, tmp_path, patience, reported):
+    accuracies = [50.0, 60.0, 60.0, 59.0, 58.0]
+    cfg = config(depth=2, epochs=5, train_subset=300, val_split=200, patience=patience)
+    scripted_validation(monkeypatch, accuracies)
+    every = train(cfg)
+    scripted_validation(monkeypatch, accuracies)
+    sparse = train(replace(cfg, test_epochs="reported"), checkpoint_dir=tmp_path)
+    assert [h["epoch"] for h in sparse["history"] if h["test_acc"] is not None] == reported
+    for dense_epoch, sparse_epoch in zip(every["history"], sparse["history"], strict=True):  # the training is the same
+        assert dense_epoch["train_loss"] == sparse_epoch["train_loss"]
+        assert sparse_epoch["test_acc"] in (None, dense_epoch["test_acc"])
+    for key in ("best_val_epoch", "best_val_test_acc", "final_test_acc", "epochs_trained"):
+        assert sparse[key] == every[key], key
+
+
+def test_test_epochs_may_change_on_resume(tmp_path):
+    cfg = config(depth=2, epochs=2, train_subset=300, val_split=200)
+    train(replace(cfg, epochs=1), checkpoint_dir=tmp_path)
+    resumed = train(replace(cfg, test_epochs="reported"), checkpoint_dir=tmp_path, resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2] and resumed["final_test_acc"] is not None
+
+
 def test_without_patience_the_whole_budget_is_trained(monkeypatch):
     scripted_validation(monkeypatch, [50.0, 40.0, 30.0])
     result = train(config(depth=2, epochs=3, train_subset=300, val_split=200))

@@ -136,7 +136,8 @@ def selected_epoch(run: dict) -> dict:
 
 def summarise(runs: list[dict]) -> list[dict]:
     """One row per variant: final test accuracy mean and std over seeds, the best epoch's test
-    accuracy (what selecting on the test set would report), and where the runs have a validation
+    accuracy (what selecting on the test set would report; None where runs skipped the test set
+    on epochs they do not report), and where the runs have a validation
     split, the test accuracy of the epoch chosen on validation (:func:`selected_epoch`) and the final
     validation accuracy; and the median time per epoch (the median, so that an epoch slowed by
     other work on the machine does not distort it; the raw times stay in each run's history)."""
@@ -144,7 +145,9 @@ def summarise(runs: list[dict]) -> list[dict]:
     for variant in sorted({variant_of(r) for r in runs}):
         mine = [r for r in runs if variant_of(r) == variant]
         final_mean, final_std = _mean_std([r["final_test_acc"] for r in mine])
-        best_mean, _ = _mean_std([max(h["test_acc"] for h in r["history"]) for r in mine])
+        tested_every_epoch = all(h["test_acc"] is not None for r in mine for h in r["history"])
+        best_mean = (_mean_std([max(h["test_acc"] for h in r["history"]) for r in mine])[0]
+                     if tested_every_epoch else None)  # test_epochs="reported": no test accuracy to select on
         epoch_seconds = [h["epoch_seconds"] for r in mine for h in r["history"]]
         rows.append({"variant": variant, "method": mine[0]["config"]["method"], "seeds": sorted(r["config"]["seed"] for r in mine),
                      "epochs": mine[0]["config"]["epochs"], "final_acc_mean": final_mean,
@@ -177,6 +180,9 @@ def learning_curves(runs: list[dict], key: str = "test_acc") -> dict[str, dict[s
     curves = {}
     for variant in sorted({variant_of(r) for r in runs}):
         per_seed = [[h[key] for h in r["history"]] for r in runs if variant_of(r) == variant]
+        if any(value is None for seq in per_seed for value in seq):
+            raise ValueError(f"{variant!r} was not evaluated on {key!r} every epoch (test_epochs='reported'); "
+                             "plot its 'val_acc' instead")
         by_epoch = [[seq[e] for seq in per_seed if len(seq) > e] for e in range(max(map(len, per_seed)))]
         curves[variant] = {"epoch": list(range(1, len(by_epoch) + 1)),
                           "mean": [statistics.fmean(v) for v in by_epoch],

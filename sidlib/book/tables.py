@@ -62,7 +62,7 @@ def accuracy_rows(runs: list[dict], references: list[dict], label=lambda row: ro
             rows[-1] |= {"test acc. at best val. epoch (%)": f"{row['selected_acc_mean']:.2f} ± {row['selected_acc_std']:.2f}",
                          "best val. epoch (median)": f"{statistics.median(row['selected_epochs']):g}"}
         rows[-1] |= {"final test acc. (%)": f"{row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f}",
-                     "best epoch (%)": f"{row['best_acc_mean']:.2f}"}
+                     "best epoch (%)": "–" if row["best_acc_mean"] is None else f"{row['best_acc_mean']:.2f}"}
     for ref in references:
         std = f" ± {ref['std']:.2f}" if ref.get("std") is not None else ""
         rows.append({"method": f"{ref['method'].upper()} ({ref['source']})", "dataset": ref["dataset"],
