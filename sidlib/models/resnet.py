@@ -8,7 +8,6 @@ Blocks: the stem, then the eight BasicBlocks in order; head: global average pool
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18 as torchvision_resnet18
 
 from .layered import LayeredNetwork, image_shape
 
@@ -19,6 +18,8 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int, stem: str = "cifar"
     channels, _, _ = image_shape("resnet18", input_shape)
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; choose from {STEMS}")
+    # imported here, when a model is built: importing torchvision loads torch._dynamo, about 2 s for every process
+    from torchvision.models import resnet18 as torchvision_resnet18
     net = torchvision_resnet18(num_classes=num_classes)
     if stem == "cifar" or channels != 3:
         kernel, stride, padding = (3, 1, 1) if stem == "cifar" else (7, 2, 3)

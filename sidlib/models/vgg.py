@@ -19,7 +19,6 @@ import math
 import re
 
 from torch import nn
-from torchvision.models.vgg import cfgs, make_layers
 
 from .layered import LayeredNetwork, image_shape, spatial_size_after
 
@@ -108,6 +107,8 @@ def _init_as_torchvision(module: nn.Module) -> None:
 def vgg11(input_shape: tuple[int, ...], num_classes: int, batch_norm: bool = True) -> LayeredNetwork:
     """VGG-11 for small images: torchvision's configuration "A", a global average pool, Linear(512, classes)."""
     channels, _, _ = image_shape("vgg11", input_shape)
+    # imported here, when a model is built: importing torchvision loads torch._dynamo, about 2 s for every process
+    from torchvision.models.vgg import cfgs, make_layers
     features = make_layers(cfgs["A"], batch_norm=batch_norm)
     features[0] = nn.Conv2d(channels, 64, 3, padding=1)
     blocks = []

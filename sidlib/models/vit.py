@@ -12,11 +12,14 @@ width must be equal and divisible by the patch size.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
-from torchvision.models.vision_transformer import VisionTransformer
-
 from .layered import LayeredNetwork, image_shape
+
+if TYPE_CHECKING:
+    from torchvision.models.vision_transformer import VisionTransformer
 
 
 class PatchEmbedding(nn.Module):
@@ -47,6 +50,8 @@ def vit(input_shape: tuple[int, ...], num_classes: int, width: int, layers: int,
     if height != width_px or height % patch_size:
         raise ValueError(f"{name} needs square images whose side is divisible by the patch size {patch_size}, "
                          f"got {height}x{width_px}")
+    # imported here, when a model is built: importing torchvision loads torch._dynamo, about 2 s for every process
+    from torchvision.models.vision_transformer import VisionTransformer
     net = VisionTransformer(image_size=height, patch_size=patch_size, num_layers=layers, num_heads=heads,
                             hidden_dim=width, mlp_dim=mlp_dim, dropout=dropout, num_classes=num_classes)
     if channels != 3:
