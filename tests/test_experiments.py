@@ -1,6 +1,7 @@
 """Experiment grids: files per run, reuse, summaries, and the reproducing command line."""
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,29 @@ def test_run_grid_writes_one_file_per_run_and_reuses_them(tmp_path, monkeypatch)
     monkeypatch.setattr(experiments, "train", no_training)
     again = experiments.run_grid(base, ["sid", "bp"], [0, 1], tmp_path, reuse=True, log=lines.append)
     assert again == runs
+
+
+def test_a_run_another_page_has_converged_is_copied_not_retrained(tmp_path, monkeypatch):
+    base = config(depth=2, epochs=1, train_subset=300)
+    (made,) = experiments.run_grid(base, ["sid"], [0], tmp_path / "02_page" / "converged", log=lambda line: None)
+    experiments.run_grid(base, ["bp"], [0], tmp_path / "03_page" / "cpu", log=lambda line: None)  # not converged: not shared
+    trained = []
+    real_train = experiments.train
+    monkeypatch.setattr(experiments, "train", lambda cfg, **kw: trained.append(cfg.method) or real_train(cfg, **kw))
+    lines = []
+    monkeypatch.chdir(tmp_path / "02_page")  # as a notebook's kernel does: the results folder relative to it
+    runs = experiments.run_grid(base, {"alpha50": {"method": "sid"}, "alpha30": {"method": "sid", "alpha": 0.3},
+                                       "bp": {"method": "bp"}}, [0], Path("../20_page/converged"),
+                                reuse=True, log=lines.append)
+    assert trained == ["sid", "bp"]  # alpha 0.3 and BP have no converged twin
+    copied = runs[0]
+    assert copied["copied_from"] == "02_page/converged/sid-seed0.json" and "copied from" in lines[0]
+    assert {**copied, "variant": "sid"} == {**made, "copied_from": copied["copied_from"]}
+    assert json.loads((tmp_path / "20_page" / "converged" / "alpha50-seed0.json").read_text()) == copied
+    assert "copied from 02_page/converged/, the same commands: alpha50" in tables.provenance("converged", runs).splitlines()
+    trained.clear()  # without reuse, every run is trained
+    experiments.run_grid(base, {"alpha50": {"method": "sid"}}, [0], tmp_path / "21_page" / "converged", log=lambda line: None)
+    assert trained == ["sid"]
 
 
 def test_an_analysis_of_each_trained_network_is_kept_with_its_run(tmp_path, monkeypatch):

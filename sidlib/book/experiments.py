@@ -57,7 +57,11 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
     kept run without one is retrained).
 
     When the runner was given ``--cluster`` (``sidlib.book.cluster``), the runs without a results file
-    are submitted as jobs instead, and finished runs are always read back."""
+    are submitted as jobs instead, and finished runs are always read back.
+
+    With ``reuse``, a run that another page's converged preset has already made (the same command and
+    configuration, :func:`converged_twins`) is copied from there, marked ``copied_from``, rather than
+    trained again: it would come out bitwise the same on this machine."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = as_variants(variants)
@@ -68,6 +72,7 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
     reuse = reuse or deferred  # such a grid always continues where it stopped
     shared_data = {}
     results, pending = [], []
+    twins = converged_twins(out_dir) if reuse and analyse is None else {}
     for name, variant_config in configs.items():
         for seed in seeds:
             path = run_path(out_dir, name, seed)
@@ -78,6 +83,14 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
                     f"(read back from {path.name})")
                 continue
             config = replace(variant_config, seed=seed)
+            twin = twins.get(cli_command(config))
+            if twin is not None and _same_run(json.loads(twin.read_text())["config"], config):
+                source = twin.relative_to(out_dir.resolve().parent.parent).as_posix()
+                result = {**json.loads(twin.read_text()), "variant": name, "copied_from": source}
+                write_json(path, result)
+                results.append(result)
+                log(f"{name} seed {seed}: final test accuracy {result['final_test_acc']:.2f}% (copied from {source})")
+                continue
             if deferred:
                 pending.append((name, config, path, cli_command(config)))
                 results.append((name, seed))  # filled in below, in the grid's order
@@ -105,6 +118,27 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
         finished = {(r["variant"], r["config"]["seed"]): r for r in done}
         results = [finished[r] if isinstance(r, tuple) else r for r in results]
     return results
+
+
+def converged_twins(out_dir: Path) -> dict[str, Path]:
+    """The runs of the other pages' converged presets (``<results>/<page>/converged*/``, beside
+    ``out_dir``'s page), by command: converged runs are the dear ones, and two pages often train the
+    same configuration (SID at the defaults is notebook 02's run, notebook 20's alpha = 0.5, notebook
+    22's constant learning rate of 1e-3)."""
+    out_dir = Path(out_dir).resolve()
+    twins = {}
+    for path in sorted(out_dir.parent.parent.glob("*/converged*/*-seed*.json")):
+        if path.parent != out_dir:
+            twins.setdefault(json.loads(path.read_text())["command"], path)
+    return twins
+
+
+def _same_run(saved: dict, config: TrainConfig) -> bool:
+    """Whether a run's saved configuration is ``config``'s, but for where it keeps its data: the commands
+    can agree while a default has changed since the run was made. A run older than an option was
+    made with its default (as a resumed checkpoint is read, ``sidlib.train.load_checkpoint``)."""
+    asked, defaults = (json.loads(json.dumps(c.to_dict())) for c in (config, TrainConfig()))
+    return all(saved.get(key, defaults[key]) == value for key, value in asked.items() if key != "data_root")
 
 
 def _load(config: TrainConfig):

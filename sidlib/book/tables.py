@@ -23,7 +23,8 @@ def _hardware(env: dict) -> str:
 
 def provenance(preset: str, runs: list[dict]) -> str:
     """Scale, seeds, hardware and the commands (seed as S) of a preset's runs, as lines of text.
-    Where the runs differ in training images or hardware, each group's variants are named."""
+    Where the runs differ in training images or hardware, each group's variants are named, and so are
+    the variants whose runs were copied from another page's results (``experiments.run_grid``)."""
     c = {**TrainConfig().to_dict(), **runs[0]["config"]}  # a run older than an option was made with its default
     seeds = sorted({r["config"]["seed"] for r in runs})
     datasets = sorted({r["config"]["dataset"] for r in runs})
@@ -35,6 +36,8 @@ def provenance(preset: str, runs: list[dict]) -> str:
              f"{c['test_subset'] or 'all'} test images, {c['epochs']} epochs, seeds {seeds}, batch {c['batch_size']}, "
              f"{c['optimizer']} lr {c['lr']}, {c['schedule']} schedule, {c['precision']}"]
     lines += [f"hardware: {h}" + (f" ({', '.join(v)})" if len(hardware) > 1 else "") for h, v in hardware.items()]
+    copied = _by_variant([r for r in runs if "copied_from" in r], lambda r: r["copied_from"].rsplit("/", 1)[0])
+    lines += [f"copied from {folder}/, the same commands: {', '.join(v)}" for folder, v in copied.items()]
     commands = sorted({r["command"].replace(f"--seed {r['config']['seed']}", "--seed S") for r in runs})
     return "\n".join(lines + ["commands:"] + [f"  {command}" for command in commands])
 
