@@ -1,9 +1,11 @@
 """The book pipeline: presets, the runner, and the notebooks' structure."""
 import configparser
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -135,6 +137,43 @@ def test_smoke_preset_reproduces_the_committed_theory_notebook(tmp_path):
     executed = book.run(notebook, "smoke", results_root=tmp_path, log=lambda *_: None)
     assert executed == tmp_path / notebook.stem / "smoke" / notebook.name
     assert sanitised_text_outputs(executed) == sanitised_text_outputs(notebook)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").is_dir() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_killed_runner_takes_its_kernel_and_workers_down_and_leaves_no_partial_notebook(tmp_path):
+    pids = tmp_path / "pids.txt"
+    notebook = tmp_path / "grid.ipynb"  # a kernel that starts a worker process, as a grid with --workers does
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import multiprocessing, os, time\n"
+        "worker = multiprocessing.get_context('spawn').Process(target=time.sleep, args=(120,))\n"
+        "worker.start()\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{worker.pid}}')\n"
+        "time.sleep(120)")]
+    nbformat.write(nb, notebook)
+    script = ("import sys; from pathlib import Path; from sidlib.book import runner; runner.stop_on_sigterm(); "
+              f"runner.execute(Path({str(notebook)!r}), {{}}, Path({str(tmp_path / 'out.ipynb')!r}))")
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (pids.is_file() and len(pids.read_text().split()) == 2):
+        assert time.monotonic() < deadline and process.poll() is None, "the notebook never started its worker"
+        time.sleep(0.2)
+    kernel, worker = map(int, pids.read_text().split())
+    process.terminate()
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while (_alive(kernel) or _alive(worker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(kernel) and not _alive(worker), "the kernel or its worker outlived the runner"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.ipynb", "pids.txt"], "a partial notebook was left"
 
 
 @pytest.mark.skipif(not NBCHECK.is_file(), reason="../shared/tools/nbcheck.py is not beside this checkout")

@@ -18,6 +18,7 @@ import argparse
 import ast
 import json
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -243,7 +244,15 @@ def refresh(notebook: Path, timeout: int = 3600) -> None:
     os.replace(partial, notebook)
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``) stop this process as an exception would. Papermill then shuts the
+    notebook's kernel down, with its process group (the grid's worker processes are in it), and
+    ``execute`` removes its partial notebook; killed outright, the kernel would go on training."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv=None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(prog="python -m sidlib.book", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     r = commands.add_parser("run", help="execute a notebook at a preset into results/<notebook>/<preset>/")
