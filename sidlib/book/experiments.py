@@ -84,9 +84,10 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
                 continue
             config = replace(variant_config, seed=seed)
             twin = twins.get(cli_command(config))
-            if twin is not None and _same_run(json.loads(twin.read_text())["config"], config):
+            twin_run = json.loads(twin.read_text()) if twin is not None else None
+            if twin_run is not None and _same_run(twin_run["config"], config):
                 source = twin.relative_to(out_dir.resolve().parent.parent).as_posix()
-                result = {**json.loads(twin.read_text()), "variant": name, "copied_from": source}
+                result = {**twin_run, "variant": name, "copied_from": source}
                 write_json(path, result)
                 results.append(result)
                 log(f"{name} seed {seed}: final test accuracy {result['final_test_acc']:.2f}% (copied from {source})")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
 from .layered import LayeredNetwork, image_shape
 
 if TYPE_CHECKING:
