@@ -97,6 +97,43 @@ def test_every_committed_cpu_preset_ran_as_its_preset_says(folder):
         assert all(len(s) >= min(2, len(preset.get("seeds", [0, 1]))) for s in seeds.values()), seeds
 
 
+COMMITTED_PRESETS = sorted(p.parent for p in (ROOT / "results").glob("*/*/*.ipynb") if p.stem == p.parent.parent.name)
+
+
+@pytest.mark.parametrize("folder", COMMITTED_PRESETS, ids=lambda p: f"{p.parent.name}-{p.name}")
+def test_each_committed_preset_would_train_the_same_if_run_now(folder):
+    """A preset that leaves a parameter to the notebook's default would train something else once the
+    default changes (a smaller smoke scale), and with reuse would show its old runs under the new
+    settings: such a parameter must be pinned in notebooks/presets.yml."""
+    changes = book.preset_changes(ROOT / "notebooks" / f"{folder.parent.name}.ipynb", folder.name)
+    assert not changes, f"pin these in notebooks/presets.yml ({folder.parent.name}, {folder.name}): " + ", ".join(
+        f"{name}: {then!r} (now {now!r})" for name, (then, now) in changes.items())
+
+
+def test_a_changed_default_is_caught_unless_the_preset_pins_it(tmp_path):
+    stem = "probe"
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "results" / stem / "cpu").mkdir(parents=True)
+
+    def notebook(defaults, injected=None):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(defaults, metadata={"tags": ["parameters"]})]
+        nb.metadata["papermill"] = {"parameters": injected or {}}
+        return nb
+
+    nbformat.write(notebook('preset = "smoke"\nlr = 1e-3\nepochs = 2', {"preset": "cpu", "epochs": 5}),
+                   tmp_path / "results" / stem / "cpu" / f"{stem}.ipynb")
+    presets = tmp_path / "notebooks" / "presets.yml"
+    presets.write_text("probe:\n  cpu:\n    epochs: 5\n")
+    path = tmp_path / "notebooks" / f"{stem}.ipynb"
+    nbformat.write(notebook('preset = "smoke"\nlr = 1e-3\nepochs = 1\nnew_option = 3'), path)
+    assert book.preset_changes(path, "cpu") == {}  # a smaller smoke epoch count, pinned; a new parameter
+    nbformat.write(notebook('preset = "smoke"\nlr = 3e-3\nepochs = 1'), path)
+    assert book.preset_changes(path, "cpu") == {"lr": (1e-3, 3e-3)}
+    presets.write_text("probe:\n  cpu:\n    epochs: 5\n    lr: 1.0e-3\n")
+    assert book.preset_changes(path, "cpu") == {}
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "sidlib.book", *args], capture_output=True, text=True, timeout=120)
 

@@ -63,6 +63,45 @@ def declared_parameters(notebook: Path) -> set[str]:
     return names
 
 
+# Parameters that say where and how a run is kept, not what it trains: a preset may leave them to the defaults.
+PLACE_PARAMETERS = ("preset", "results_root", "data_root", "reuse_runs", "device")
+
+
+def parameter_defaults(notebook: Path | dict) -> dict:
+    """The values assigned in the notebook's ``parameters`` cell (a path, or the notebook as read),
+    each as a Python literal, or as its source text where it is not one."""
+    nb = notebook if isinstance(notebook, dict) else json.loads(Path(notebook).read_text(encoding="utf-8"))
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    values = {}
+    for node in ast.parse("".join(cell["source"])).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                values[node.targets[0].id] = ast.unparse(node.value)
+    return values
+
+
+def preset_changes(notebook: Path, preset: str) -> dict[str, tuple]:
+    """What running ``preset`` now would train differently from the run committed in
+    ``results/<notebook>/<preset>/``: {parameter: (committed value, value now)}. The committed value is
+    the executed notebook's default overlaid by what papermill injected; the value now, the
+    notebook's default overlaid by ``notebooks/presets.yml``; parameters the notebook did not have
+    then are left out. A preset that relies on a default the
+    notebook has since changed (e.g. a smaller smoke scale) would otherwise read its old runs back
+    under new settings, or retrain them."""
+    notebook = Path(notebook).resolve()
+    executed = notebook.parent.parent / "results" / notebook.stem / preset / notebook.name
+    ran = json.loads(executed.read_text(encoding="utf-8"))
+    then = {**parameter_defaults(ran), **ran["metadata"].get("papermill", {}).get("parameters", {})}
+    now = {**parameter_defaults(notebook), **presets_for(notebook)[preset]}
+    # yaml and Python literals differ in kind only (tuples, 1e-3 as a string): compare them as JSON does
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
+    # a parameter added since the run took a default that keeps the old behaviour; it is not compared
+    return {name: (then[name], now[name]) for name in sorted(set(then) & set(now))
+            if name not in PLACE_PARAMETERS and not same(then[name], now[name])}
+
+
 def results_dir(stem: str, preset: str, results_root: Path) -> Path:
     return Path(results_root) / stem / preset
 
