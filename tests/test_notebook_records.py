@@ -159,3 +159,109 @@ def test_spread_runs_each_seed_in_its_own_smoke_folder_and_reads_committed_prese
     assert [r["records"]["smoke_runs_before"] for r in table["runs"]] == [0.0, 0.0]
     assert [r["records"]["sees_cpu"] for r in table["runs"]] == [1.0, 1.0]
     assert sorted(p.name for p in (committed / "smoke").iterdir()) == ["old-run.json"]
+
+
+# Records the notebooks read back from committed presets (results, not checks of this run) and records
+# that sit at chance by design: neither is a check that the smoke run learnt.
+READ_BACK = ("shown_", "cpu_")
+AT_CHANCE_BY_DESIGN = {"25_sid_feature_space": ("untrained_",)}  # the untrained network's own read-out
+CHANCE_MARGIN = 5.0  # points: a band this close to a constant predictor cannot tell a broken method from a working one
+# Smoke scales not yet redesigned to learn (issue 25): each fails the check below, strictly
+NOT_YET_LEARNING = {"10_sll_cnn_fmnist", "13_sll_vit", "16_sid_baselines", "18_sll_cnn_baselines", "19_sid_depth",
+                    "20_sid_alpha_extractor", "21_sid_label_noise", "23_sid_kl_direction", "24_sid_converge_refine",
+                    "25_sid_feature_space", "26_sid_architectures"}
+
+
+def constant_predictor_accuracy(dataset: str, test_subset) -> float:
+    """The test accuracy (%) of always predicting the most frequent test class."""
+    from sidlib import data as datasets
+    labels = datasets.load(dataset, str(ROOT / "data"), "cpu", train_subset=1, test_subset=test_subset).test_labels
+    return 100.0 * labels.bincount().max().item() / len(labels)
+
+
+def accuracy_checks(notebook: Path) -> dict[str, tuple[float, str]]:
+    """{record: (value, dataset)} for the accuracies the notebook's smoke run measures and nbval checks."""
+    defaults = book.parameter_defaults(notebook)
+    names = defaults.get("datasets") or [defaults["dataset"]]
+    exempt = READ_BACK + AT_CHANCE_BY_DESIGN.get(notebook.stem, ())
+    checks = {}
+    for name, value in notebook_records(notebook).items():
+        if name.endswith("_acc") and not name.startswith(exempt):
+            dataset = next((d for d in names if name.startswith(f"{d}_")), names[0])
+            checks[name] = (value, dataset)
+    return checks
+
+
+@pytest.mark.parametrize("notebook", [n for n in NOTEBOOKS if "dataset" in book.parameter_defaults(n)
+                                      or "datasets" in book.parameter_defaults(n)], ids=lambda n: n.stem)
+def test_every_accuracy_check_sits_clearly_above_a_constant_predictor(notebook, request):
+    """A smoke run that learns nothing scores what a constant guess scores; a tolerance band reaching
+    within CHANCE_MARGIN points of it would pass a broken method. So the band's lower edge must sit
+    above the constant predictor's accuracy on the same test set by that margin."""
+    if notebook.stem in NOT_YET_LEARNING:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="its smoke scale is not yet redesigned to learn"))
+    tolerances = load_tolerances()
+    test_subset = book.parameter_defaults(notebook).get("test_subset")
+    chance = {}
+    low = []
+    for name, (value, dataset) in accuracy_checks(notebook).items():
+        if dataset not in chance:
+            chance[dataset] = constant_predictor_accuracy(dataset, test_subset)
+        band_floor = value - allowed_gap(tolerance_for(notebook.stem, name, tolerances), value)
+        if band_floor < chance[dataset] + CHANCE_MARGIN:
+            low.append(f"{name} = {value:.2f} (band down to {band_floor:.2f}, constant predictor {chance[dataset]:.2f})")
+    assert not low, f"{notebook.stem}: accuracy checks too close to chance: " + "; ".join(low)
+
+
+BIND_FACTOR = 3.0  # a tolerance may be at most this many times the larger of the machine spread and its floor
+# Notebooks whose tolerances predate the rule below (issue 25): each fails it, strictly
+TOLERANCES_NOT_YET_BOUND = {"02_sid_vs_bp", "03_sid_monotonic_descent", "05_sid_time_memory",
+                            "06_sid_stale_teachers", "10_sll_cnn_fmnist", "11_sll_mlp", "13_sll_vit",
+                            "14_sll_projection_width", "15_sll_ablation", "16_sid_baselines", "17_sll_mlp_baselines",
+                            "18_sll_cnn_baselines", "19_sid_depth", "20_sid_alpha_extractor", "21_sid_label_noise",
+                            "22_sid_fair_tuning", "23_sid_kl_direction", "24_sid_converge_refine",
+                            "25_sid_feature_space", "26_sid_architectures", "27_sid_depth_resnet"}
+
+
+def binding_problems(stem: str, table: dict, tolerances: dict) -> list[str]:
+    """Where a tolerance of ``stem`` is too wide to bind (above BIND_FACTOR x max(machine spread, the
+    entry's stated ``floor``)), or where a recorded quantity is chaotic (the machines differ by as much
+    as the seeds: such a number is shown, not checked, and its claim asserted instead)."""
+    reference = next(r for r in table["runs"] if r["label"] == "native" and r["seed"] == 0)["records"]
+    problems = []
+    for name, row in book.spread_summary(table).items():
+        entry = tolerance_for(stem, name, tolerances)
+        allowed = allowed_gap(entry, reference[name])
+        floor = allowed_gap({**entry, "tolerance": entry.get("floor", 0.0)}, reference[name])
+        machines, seeds = row["machine_spread"], row["seed_spread"]
+        if math.isnan(machines):
+            continue
+        if allowed > BIND_FACTOR * max(machines, floor) * (1 + 1e-9):
+            problems.append(f"{name}: tolerance {allowed:.4g} > {BIND_FACTOR:g} x max(machine spread {machines:.4g}, "
+                            f"floor {floor:.4g})")
+        if machines > 0 and machines >= seeds:
+            problems.append(f"{name}: machines differ by {machines:.4g}, seeds by {seeds:.4g}: chaotic, show it instead")
+    return problems
+
+
+@pytest.mark.parametrize("table", sorted(SPREAD.glob("*.json")), ids=lambda p: p.stem)
+def test_every_tolerance_binds(table, request):
+    """About 2x the machine spread, never far above it: a tolerance 10-30 times the spread passes
+    changes a real mistake would make. An entry may state a ``floor`` (e.g. half the last printed
+    decimal of a number read back from committed results), justified in its ``why``."""
+    if table.stem in TOLERANCES_NOT_YET_BOUND:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="its tolerances predate the binding rule"))
+    problems = binding_problems(table.stem, json.loads(table.read_text()), load_tolerances())
+    assert not problems, f"{table.stem}: " + "; ".join(problems[:8]) + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else "")
+
+
+def test_binding_catches_a_wide_tolerance_and_a_chaotic_record():
+    runs = [{"label": "native", "seed": 0, "records": {"acc": 50.0, "read": 1.25}},
+            {"label": "native", "seed": 1, "records": {"acc": 53.0, "read": 1.25}},
+            {"label": "avx2", "seed": 0, "records": {"acc": 50.2, "read": 1.25}}]
+    tolerances = {"nb": {"acc": {"tolerance": 0.5, "why": "x"}, "read": {"tolerance": 0.005, "floor": 0.005, "why": "x"}}}
+    assert binding_problems("nb", {"runs": runs}, tolerances) == []
+    tolerances["nb"]["acc"]["tolerance"] = 1.0  # 5x the spread of 0.2
+    assert "acc: tolerance 1 > 3 x max" in binding_problems("nb", {"runs": runs}, tolerances)[0]
+    runs[2]["records"]["acc"] = 54.0  # the machines differ more than the seeds
+    assert any("chaotic" in p for p in binding_problems("nb", {"runs": runs}, tolerances))
