@@ -215,7 +215,7 @@ def test_every_accuracy_check_sits_clearly_above_a_constant_predictor(notebook, 
 
 BIND_FACTOR = 3.0  # a tolerance may be at most this many times the larger of the machine spread and its floor
 # Notebooks whose tolerances predate the rule below (issue 25): each fails it, strictly
-TOLERANCES_NOT_YET_BOUND = {"02_sid_vs_bp", "03_sid_monotonic_descent", "05_sid_time_memory",
+TOLERANCES_NOT_YET_BOUND = {"03_sid_monotonic_descent", "05_sid_time_memory",
                             "06_sid_stale_teachers", "10_sll_cnn_fmnist", "11_sll_mlp", "13_sll_vit",
                             "14_sll_projection_width", "15_sll_ablation", "16_sid_baselines", "17_sll_mlp_baselines",
                             "18_sll_cnn_baselines", "19_sid_depth", "20_sid_alpha_extractor", "21_sid_label_noise",
