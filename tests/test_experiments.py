@@ -52,6 +52,19 @@ def test_run_grid_writes_one_file_per_run_and_reuses_them(tmp_path, monkeypatch)
     assert again == runs
 
 
+def test_a_fresh_grid_leaves_no_run_of_earlier_defaults_beside_its_own(tmp_path, monkeypatch):
+    """An earlier execution with two seeds, then one with one seed (a smaller smoke scale): the folder
+    holds the new execution's runs only, and a second grid of the same execution keeps the first's."""
+    base = config(depth=2, epochs=1, train_subset=100)
+    experiments.run_grid(base, ["sid", "bp"], [0, 1], tmp_path)
+    monkeypatch.setattr(experiments, "_CLEARED", set())  # a new notebook kernel
+    experiments.run_grid(base, ["sid"], [0], tmp_path)
+    experiments.run_grid(base, ["bp"], [0], tmp_path)  # the same kernel's second grid
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["bp-seed0.json", "sid-seed0.json"]
+    assert {(experiments.variant_of(r), r["config"]["seed"]) for r in experiments.load_runs(tmp_path)} == {
+        ("sid", 0), ("bp", 0)}
+
+
 def test_a_run_another_page_has_converged_is_copied_not_retrained(tmp_path, monkeypatch):
     base = config(depth=2, epochs=1, train_subset=300)
     (made,) = experiments.run_grid(base, ["sid"], [0], tmp_path / "02_page" / "converged", log=lambda line: None)

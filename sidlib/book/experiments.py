@@ -64,6 +64,8 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
     trained again: it would come out bitwise the same on this machine."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not reuse and not cluster.requested() and workers.requested() == 1:
+        clear_stale_runs(out_dir)
     variants = as_variants(variants)
     configs = {name: replace(base, **changes).validate() for name, changes in variants.items()}
     on_cluster = cluster.requested()  # the runner's --cluster: pending runs become jobs (sidlib.book.cluster)
@@ -119,6 +121,24 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
         finished = {(r["variant"], r["config"]["seed"]): r for r in done}
         results = [finished[r] if isinstance(r, tuple) else r for r in results]
     return results
+
+
+# Folders whose earlier runs this process has already cleared: a notebook may run several grids into one
+# folder (e.g. the runs that choose a regulariser, then the comparison), and only the first clears it.
+_CLEARED: set[Path] = set()
+
+
+def clear_stale_runs(out_dir: Path) -> None:
+    """Remove the run files an earlier execution left in ``out_dir``, once per process (per notebook
+    kernel). A grid that retrains everything (no ``reuse``, e.g. a smoke run) must not leave the runs
+    of other defaults (other seeds, other variants) beside its own: ``load_runs`` would read them back
+    as this execution's."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir in _CLEARED:
+        return
+    _CLEARED.add(out_dir)
+    for path in out_dir.glob("*-seed*.json"):
+        path.unlink()
 
 
 def converged_twins(out_dir: Path) -> dict[str, Path]:
