@@ -8,6 +8,7 @@
 #                                         (requirements/lowest.txt, newest.txt; own virtual envs)
 #   make test CONSTRAINTS=requirements/lock.txt   the committed environment exactly
 #   make lock                             re-write requirements/lock.txt from .venv
+#   make mutants                          the mutation sweep: which small mistakes in sidlib the tests miss
 PYTHON ?= python3
 VENV ?= .venv
 CONSTRAINTS ?=
@@ -15,7 +16,7 @@ PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: setup test book system-packages clean test-lowest test-newest lock
+.PHONY: setup test book system-packages clean test-lowest test-newest lock mutants
 
 setup: $(VENV)/.installed system-packages
 
@@ -40,6 +41,11 @@ test: setup
 book: setup
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 	@echo "book: _build/html/index.html"
+
+# The mutation sweep: small mistakes applied to a shadow copy of sidlib, one at a time (tests/mutants.yml);
+# reports which ones the unit tests miss, in results/mutants/summary.json. About half an hour on 2 cores.
+mutants: setup
+	$(PY) tests/mutants.py --jobs 2 --full
 
 test-lowest:
 	$(MAKE) test VENV=.venv-lowest CONSTRAINTS=requirements/lowest.txt

@@ -160,3 +160,12 @@ def test_label_noise_reaches_the_validation_labels_too():
     assert torch.equal(clean.val_images, noisy.val_images)
     assert (clean.val_labels != noisy.val_labels).sum() == 100  # round(0.2 * 500), each moved to another class
     assert torch.equal(clean.test_labels, noisy.test_labels)
+
+
+def test_stratified_subset_gives_the_leftover_samples_to_the_largest_remainders():
+    # quotas 60.6, 30.3, 10.1: the floors leave one sample, which goes to the largest remainder (0.6)
+    labels = torch.cat([torch.zeros(600), torch.ones(300), torch.full((100,), 2)]).long()
+    assert torch.bincount(labels[datasets.stratified_subset(labels, 101, 3)], minlength=3).tolist() == [61, 30, 10]
+    # quotas 4.05, 3.15, 1.8: the floors leave one, for the remainder 0.8 of the smallest class
+    labels = torch.cat([torch.zeros(450), torch.ones(350), torch.full((200,), 2)]).long()
+    assert torch.bincount(labels[datasets.stratified_subset(labels, 9, 3)], minlength=3).tolist() == [4, 3, 2]

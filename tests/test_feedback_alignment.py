@@ -298,3 +298,20 @@ def test_dkp_on_a_conv_network_and_the_methods_are_registered():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert METHODS["dfa"].heads == METHODS["dkp"].heads == ("linear",)
     assert METHODS["fa"].heads == ("linear", "cascade") and METHODS["dkp"].prepare is dkp.prepare
+
+
+def test_dkp_feedback_gradient_accumulates_over_steps_as_autograd_would():
+    """Two steps without zeroing (gradient accumulation) leave on B_l the sum of the two steps'
+    Kolen-Pollack gradients e^T h_l, each by hand, as on every weight that autograd fills."""
+    model = tiny_mlp_with_dfa(dkp)
+    feedback = [b.detach().clone() for b in model.dkp.matrices()]
+    g = torch.Generator().manual_seed(3)
+    expected = [torch.zeros_like(b) for b in feedback]
+    for _ in range(2):
+        x, labels = torch.randn(5, 1, 5, generator=g), torch.randint(0, 3, (5,), generator=g)
+        _, e, hidden = hand_dfa(model, feedback, x, labels)
+        for total, h in zip(expected, hidden):
+            total += e.T @ h
+        dkp.step(model, x, labels, config(method="dkp"), no_autocast)
+    for b, total in zip(model.dkp.matrices(), expected):
+        torch.testing.assert_close(b.grad, total, rtol=1e-5, atol=1e-7)

@@ -209,3 +209,19 @@ def test_options_reach_the_model_and_the_run_trains():
     model, result = train_model(cfg)
     assert model.lls.kind == "random" and model.lls.projections[0].basis.shape == (10, 800)
     assert result["config"]["lls_projection"] == "random" and math.isfinite(result["history"][0]["train_loss"])
+
+
+def test_the_step_returns_the_sum_of_every_blocks_loss_and_the_heads():
+    """The loss a step reports is the sum (not the mean) of the blocks' local cross-entropies and the
+    head's, each written out here: s = h / ||h||, z = B s / 0.5."""
+    model, cfg = prepared(depth=3, label_smoothing=0.1)
+    images, labels = batch()
+    loss = lls.step(model, images, labels, cfg, no_autocast)
+    x, expected = images, 0.0
+    with torch.no_grad():
+        for block, projection in zip(model.blocks, model.lls.projections):
+            x = block(x)
+            s = x.flatten(1) / x.flatten(1).norm(dim=1, keepdim=True)
+            expected += cross_entropy(s @ projection.basis.T / 0.5, labels, label_smoothing=0.1).item()
+        expected += cross_entropy(model.head(x), labels, label_smoothing=0.1).item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)

@@ -251,3 +251,41 @@ def test_bad_noprop_options_end_with_one_line(options, message, tmp_path, capsys
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_the_embedding_gets_the_gradient_of_every_term_including_the_prior_kl():
+    """W's gradient and the step's loss against the paper's objective written out, with KL(q(z_0|y) || N(0, I))
+    from torch.distributions. abar_0 is raised to 0.05 (from ~1e-4, where the KL term is ~1e-5 and would hide
+    among the others) and W moved off the identity, so that every term's share of W's gradient shows."""
+    model, images, labels, cfg = prepared(noprop_eta=0.3)
+    parts = model.noprop
+    with torch.no_grad():
+        parts.alpha_bar[0] = 0.05  # still below abar_1 (~0.09): z_0 stays the noisiest latent
+        parts.embedding.add_(0.2 * torch.randn(CLASSES, CLASSES, generator=torch.Generator().manual_seed(1)))
+    torch.manual_seed(7)
+    loss = noprop.step(model, images, labels, cfg, no_autocast).item()
+    stepped = parts.embedding.grad.clone()
+    torch.manual_seed(7)
+    noise = torch.randn(T + 1, len(labels), CLASSES)
+    # the denoising weights come from the unchanged cosine schedule (the step's precomputed buffer)
+    schedule = [1e-3 * cosine(T / (T + 1)) / cosine(0)] + [cosine((T + 1 - t) / (T + 1)) / cosine(0)
+                                                           for t in range(1, T + 1)]
+    snr = [s / (1 - s) for s in schedule]
+    abar = parts.alpha_bar.detach()  # the sampled latents and the KL use the raised abar_0
+    w = parts.embedding
+    u = w[labels]
+    h = model.extractor(images).detach()
+    total = 0.0
+    for t in range(1, T + 1):
+        z = abar[t - 1].sqrt() * u + (1 - abar[t - 1]).sqrt() * noise[t - 1]
+        u_hat = torch.softmax(model.blocks[t - 1](z, h), 1) @ w
+        total = total + T / 2 * 0.3 * (snr[t] - snr[t - 1]) * ((u_hat - u) ** 2).sum(1).mean() / T
+    z_T = abar[T].sqrt() * u + (1 - abar[T]).sqrt() * noise[T]
+    total = total + F.cross_entropy(parts.output(z_T), labels)
+    q_0 = torch.distributions.Normal(abar[0].sqrt() * u, (1 - abar[0]).sqrt())
+    kl = torch.distributions.kl_divergence(q_0, torch.distributions.Normal(0.0, 1.0)).sum(1).mean()
+    assert kl.item() > 0.01  # a term that counts
+    total = total + kl
+    (expected,) = torch.autograd.grad(total, w)
+    assert loss == pytest.approx(total.item(), rel=1e-5)
+    torch.testing.assert_close(stepped, expected, rtol=1e-4, atol=1e-6)

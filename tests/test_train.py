@@ -185,3 +185,35 @@ def test_training_accuracy_is_measured_on_the_labels_as_given():
     # the network learns the true classes, so it agrees less with the labels it was given (30 % of them wrong)
     # than with the clean ones: here about 28 % against 22 %
     assert evaluate(model, clean, split="train") > result["history"][-1]["train_acc"] + 3
+
+
+def test_the_cosine_schedule_is_annealed_over_every_optimiser_step_of_the_run():
+    """200 samples in batches of 128: 2 steps an epoch, 4 in the run. After epoch 1 (step 2 of 4) the rate is
+    the base rate times 0.5 (1 + cos(pi 2 / 4)) = 0.5; after epoch 2 (step 4 of 4), 0."""
+    cfg = config(method="bp", depth=2, epochs=2, train_subset=200, test_subset=50, batch_size=128, schedule="cosine")
+    lrs = [record["lr"] for record in train(cfg)["history"]]
+    assert lrs[0] == pytest.approx(0.5 * cfg.lr, rel=1e-9)
+    assert lrs[1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_evaluation_predicts_in_eval_mode_and_leaves_the_network_training():
+    """Every prediction evaluate makes sees the network in eval mode (dropout off: here at rate 0.9, so a
+    training-mode forward would change the predictions), its accuracy is the eval-mode argmax's by hand,
+    and the network is back in training mode afterwards."""
+    from sidlib.models.mlp import mlp
+    from sidlib.train import evaluate
+    data = datasets.load("synthetic", test_subset=200)
+    torch.manual_seed(0)
+    model = mlp(data.info.input_shape, 10, [64], dropout=0.9)
+    modes = []
+
+    def predict(net, images):
+        modes.append(net.training)
+        return net(images)
+
+    with torch.no_grad():
+        model.eval()
+        expected = 100 * (model(data.prepare(data.test_images)).argmax(1) == data.test_labels).double().mean().item()
+    model.train()
+    assert evaluate(model, data, predict=predict) == pytest.approx(expected)
+    assert modes == [False] and model.training
