@@ -43,7 +43,7 @@ book: setup
 	@echo "book: _build/html/index.html"
 
 # The mutation sweep: small mistakes applied to a shadow copy of sidlib, one at a time (tests/mutants.yml);
-# reports which ones the unit tests miss, in results/mutants/summary.json. About half an hour on 2 cores.
+# reports which ones the unit tests miss, in results/mutants/summary.json (65 mistakes: 549 s of tests, one at a time).
 mutants: setup
 	$(PY) tests/mutants.py --jobs 2 --full
 
