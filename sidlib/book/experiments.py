@@ -64,14 +64,14 @@ def run_grid(base: TrainConfig, variants, seeds, out_dir: Path, reuse: bool = Fa
     trained again: it would come out bitwise the same on this machine."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not reuse and not cluster.requested() and workers.requested() == 1:
-        clear_stale_runs(out_dir)
     variants = as_variants(variants)
     configs = {name: replace(base, **changes).validate() for name, changes in variants.items()}
     on_cluster = cluster.requested()  # the runner's --cluster: pending runs become jobs (sidlib.book.cluster)
     pool = workers.requested() if on_cluster is None else 1  # the runner's --workers: local processes
     deferred = on_cluster is not None or pool > 1  # pending runs are trained elsewhere, then read back
     reuse = reuse or deferred  # such a grid always continues where it stopped
+    if not reuse:
+        clear_stale_runs(out_dir)
     shared_data = {}
     results, pending = [], []
     twins = converged_twins(out_dir) if reuse and analyse is None else {}

@@ -49,15 +49,21 @@ def presets_for(notebook: Path) -> dict[str, dict]:
     return {"smoke": {}, **{name: dict(values or {}) for name, values in mine.items() if name != "smoke"}}
 
 
-def declared_parameters(notebook: Path) -> set[str]:
-    """Names assigned at top level in the notebook's cell tagged ``parameters``."""
-    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+def parameters_cell(notebook: Path | dict) -> ast.Module:
+    """The parsed ``parameters`` cell of a notebook (a path, or the notebook as read); papermill needs
+    exactly one."""
+    nb = notebook if isinstance(notebook, dict) else json.loads(Path(notebook).read_text(encoding="utf-8"))
     cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
-        raise BookError(f"{Path(notebook).name} has {len(cells)} cells tagged 'parameters'; papermill needs exactly one")
-    source = "".join(cells[0]["source"])
+        name = Path(notebook).name if not isinstance(notebook, dict) else "the notebook"
+        raise BookError(f"{name} has {len(cells)} cells tagged 'parameters'; papermill needs exactly one")
+    return ast.parse("".join(cells[0]["source"]))
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names assigned at top level in the notebook's cell tagged ``parameters``."""
     names = set()
-    for node in ast.parse(source).body:
+    for node in parameters_cell(notebook).body:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
         names |= {t.id for t in targets if isinstance(t, ast.Name)}
     return names
@@ -70,10 +76,8 @@ PLACE_PARAMETERS = ("preset", "results_root", "data_root", "reuse_runs", "device
 def parameter_defaults(notebook: Path | dict) -> dict:
     """The values assigned in the notebook's ``parameters`` cell (a path, or the notebook as read),
     each as a Python literal, or as its source text where it is not one."""
-    nb = notebook if isinstance(notebook, dict) else json.loads(Path(notebook).read_text(encoding="utf-8"))
-    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     values = {}
-    for node in ast.parse("".join(cell["source"])).body:
+    for node in parameters_cell(notebook).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
                 values[node.targets[0].id] = ast.literal_eval(node.value)
